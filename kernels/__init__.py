@@ -1,0 +1,1 @@
+"""Triton kernels, installed as `twm_fast.kernels`. Depends on torch and triton only."""
