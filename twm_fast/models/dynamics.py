@@ -1,0 +1,283 @@
+"""The dynamics model (SPEC 3): an autoregressive Transformer-XL over (z, a, r) tokens.
+
+Tokens of a window of T steps: z_0 a_0 r_0 z_1 a_1 r_1 ... z_{T-1} a_{T-1} (3T - 1 tokens; the
+last reward is not an input). h_t is the output at the a_t token; the heads read it to predict
+z_{t+1}, r_t and the discount g_t.
+
+Masks, from the published implementation (both are needed for correctness):
+- memory window: a z or a token sees the 51 tokens before it, an r token the 50 before it, so
+  that one cached step (r_{t-1}, z_t, a_t) over a memory of 3 * 16 + 2 = 50 hidden states sees
+  exactly what the whole-window pass sees;
+- episode boundaries: no token of step t sees a token of step s < t when an episode ended
+  (terminated or truncated) at a step in [s, t).
+
+Inference keeps per layer a K/V cache instead of the hidden states: with relative positions a
+cached key stays valid as the window slides, so this is exact and avoids recomputing K and V.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twm_fast import ops
+from twm_fast.config import Config
+from twm_fast.models.nets import MLP
+
+# Token kinds in their order within a step.
+Z_TOKEN, A_TOKEN, R_TOKEN = 0, 1, 2
+TOKENS_PER_STEP = 3
+
+
+def window_sizes(memory_length: int) -> tuple[int, int, int]:
+    """How many earlier tokens a z, a and r token may see (published masks, see module doc)."""
+    zw = TOKENS_PER_STEP * (memory_length + 1)
+    return zw, zw, TOKENS_PER_STEP * memory_length + 2
+
+
+def cache_slots(memory_length: int) -> int:
+    """K/V cache size: the 50 remembered tokens plus the 3 of the new step."""
+    return TOKENS_PER_STEP * (memory_length + 1) + 2
+
+
+def sinusoidal_encodings(length: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. (2017) encodings of the distances 0 .. length-1: (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    enc = torch.zeros(length, dim)
+    enc[:, 0::2] = torch.sin(position * inv_freq)
+    enc[:, 1::2] = torch.cos(position * inv_freq)
+    return enc
+
+
+def window_mask(dones: torch.Tensor, memory_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances and visibility for one pass over a window.
+
+    Args:
+        dones: (B, T - 1) bool, episode ended after step t (terminated or truncated).
+    Returns:
+        dist (S, S) int64 with dist[i, j] = i - j, and allowed (B, S, S) bool, S = 3T - 1.
+    """
+    batch, steps = dones.shape[0], dones.shape[1] + 1
+    num_tokens = TOKENS_PER_STEP * steps - 1
+    device = dones.device
+    pos = torch.arange(num_tokens, device=device)
+    dist = pos[:, None] - pos[None, :]                                        # (S, S)
+    window = torch.tensor(window_sizes(memory_length), device=device)[pos % TOKENS_PER_STEP]
+    in_window = (dist >= 0) & (dist <= window[:, None])                        # (S, S)
+    # Episode index of each step: the number of dones before it.
+    episode = F.pad(dones.long().cumsum(1), (1, 0))                           # (B, T)
+    token_episode = episode[:, pos // TOKENS_PER_STEP]                         # (B, S)
+    same_episode = token_episode[:, :, None] == token_episode[:, None, :]     # (B, S, S)
+    return dist, in_window[None] & same_episode
+
+
+class RelativeSelfAttention(nn.Module):
+    """Multi-head self-attention with Transformer-XL relative positions (no biases)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.scale = 1.0 / math.sqrt(dim)  # the model width, not the head width (SPEC 3)
+        self.dropout = dropout
+        self.qkv_proj = nn.Linear(dim, 3 * num_heads * head_dim, bias=False)
+        self.pos_proj = nn.Linear(dim, num_heads * head_dim, bias=False)  # W_R
+        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
+
+    def project_positions(self, encodings: torch.Tensor) -> torch.Tensor:
+        """(R, dim) encodings -> (R, H, D) rows of W_R R(d)."""
+        return self.pos_proj(encodings).view(-1, self.num_heads, self.head_dim)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, S, dim) -> q, k, v each (B, S, H, D)."""
+        q, k, v = self.qkv_proj(x).view(*x.shape[:2], 3, self.num_heads, self.head_dim).unbind(2)
+        return q, k, v
+
+    def attend(self, q, k, v, rel_pos, u_bias, v_bias, dist, allowed) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        out = ops.rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, self.scale, p)
+        return self.out_proj(out.flatten(2))                                   # (B, T, dim)
+
+
+class TransformerXLLayer(nn.Module):
+    """Post-norm decoder layer: x = LN(x + attn(x)); x = LN(x + ff(x))."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        dim = config.dyn_embed_dim
+        self.attn = RelativeSelfAttention(dim, config.dyn_num_heads, config.dyn_head_dim, config.dyn_dropout)
+        self.linear1 = nn.Linear(dim, config.dyn_feedforward_dim)
+        self.linear2 = nn.Linear(config.dyn_feedforward_dim, dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.dropout = nn.Dropout(config.dyn_dropout)
+
+    def feedforward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.linear2(self.dropout(F.silu(self.linear1(x)))))
+
+    def residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(attn_out))
+        return self.norm2(x + self.feedforward(x))
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values of the last `slots` tokens of a batch of sequences, as a ring.
+
+    All sequences advance in lockstep, so the token count is one Python int; each sequence keeps
+    the absolute index of the first token of its current episode (older keys are masked)."""
+
+    keys: list[torch.Tensor]            # per layer (B, slots, H, D)
+    values: list[torch.Tensor]          # per layer (B, slots, H, D)
+    slot_token: torch.Tensor            # (slots,) absolute token index held by each slot, -1 if empty
+    episode_start: torch.Tensor         # (B,) absolute index of the current episode's first token
+    num_tokens: int = 0                 # tokens written so far
+    rel_pos: list[torch.Tensor] | None = None  # per layer (R, H, D), projected once per cache
+
+
+class DynamicsModel(nn.Module):
+    def __init__(self, config: Config, num_actions: int):
+        super().__init__()
+        self.config = config
+        self.num_actions = num_actions
+        dim = config.dyn_embed_dim
+        z_dim = config.z_categoricals * config.z_categories
+        self.memory_length = config.memory_length
+        self.slots = cache_slots(config.memory_length)
+
+        self.z_embed = MLP(z_dim, [], dim, output_activation=True)
+        self.a_embed = nn.Embedding(num_actions, dim)
+        self.r_embed = MLP(1, [], dim, output_activation=True)
+        self.layers = nn.ModuleList(TransformerXLLayer(config) for _ in range(config.dyn_num_layers))
+        # u and v are shared by all layers (Dai et al. 2019).
+        self.u_bias = nn.Parameter(torch.empty(config.dyn_num_heads, config.dyn_head_dim))
+        self.v_bias = nn.Parameter(torch.empty(config.dyn_num_heads, config.dyn_head_dim))
+        nn.init.xavier_uniform_(self.u_bias)
+        nn.init.xavier_uniform_(self.v_bias)
+        self.register_buffer("encodings", sinusoidal_encodings(self.slots, dim), persistent=False)
+        self.pos_dropout = nn.Dropout(config.dyn_dropout)
+
+        drop = config.dyn_dropout
+        self.z_head = MLP(dim, config.dyn_z_head_dims, z_dim, input_activation=True, dropout=drop)
+        self.reward_head = MLP(dim, config.dyn_reward_head_dims, 1, input_activation=True, dropout=drop)
+        self.discount_head = MLP(dim, config.dyn_discount_head_dims, 1, input_activation=True, dropout=drop,
+                                 final_bias=config.discount)
+
+    # ---- Heads -------------------------------------------------------------------------------
+    def predict(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """h (..., dim) -> z_logits (..., 32, 32), reward mean (...), discount logit (...)."""
+        c = self.config
+        return {
+            "z_logits": self.z_head(h).unflatten(-1, (c.z_categoricals, c.z_categories)),
+            "reward": self.reward_head(h).squeeze(-1),
+            "discount_logit": self.discount_head(h).squeeze(-1),
+        }
+
+    # ---- One pass over a window (training) ------------------------------------------------------
+    def embed_window(self, z, actions, rewards) -> torch.Tensor:
+        """z (B, T, z_dim), actions (B, T), rewards (B, T-1) -> tokens (B, 3T-1, dim)."""
+        batch, steps = actions.shape
+        tokens = torch.stack([
+            self.z_embed(z),
+            self.a_embed(actions),
+            self.r_embed(F.pad(rewards, (0, 1))[..., None]),
+        ], dim=2)                                                                # (B, T, 3, dim)
+        return tokens.flatten(1, 2)[:, :-1]                                      # (B, 3T-1, dim)
+
+    def forward(self, z, actions, rewards, dones) -> torch.Tensor:
+        """The transformer outputs h_t at the a_t tokens.
+
+        Args:
+            z: (B, T, z_dim) latents; actions: (B, T) int64; rewards: (B, T-1) r_0..r_{T-2};
+            dones: (B, T-1) bool, episode ended after step t.
+        Returns:
+            h: (B, T, dim).
+        """
+        x = self.embed_window(z, actions, rewards)
+        dist, allowed = window_mask(dones, self.memory_length)
+        encodings = self.pos_dropout(self.encodings)
+        for layer in self.layers:
+            q, k, v = layer.attn.qkv(x)
+            rel_pos = layer.attn.project_positions(encodings)
+            x = layer.residual(x, layer.attn.attend(q, k, v, rel_pos, self.u_bias, self.v_bias, dist, allowed))
+        return x[:, A_TOKEN::TOKENS_PER_STEP]                                    # (B, T, dim)
+
+    # ---- Cached stepping (imagination) ------------------------------------------------------------
+    def new_cache(self, batch_size: int) -> KVCache:
+        p = self.u_bias
+        shape = (batch_size, self.slots, self.config.dyn_num_heads, self.config.dyn_head_dim)
+        layers = len(self.layers)
+        return KVCache(
+            keys=[p.new_zeros(shape) for _ in range(layers)],
+            values=[p.new_zeros(shape) for _ in range(layers)],
+            slot_token=torch.full((self.slots,), -1, dtype=torch.long, device=p.device),
+            episode_start=torch.zeros(batch_size, dtype=torch.long, device=p.device),
+            rel_pos=[layer.attn.project_positions(self.encodings) for layer in self.layers],
+        )
+
+    def _step_tokens(self, cache: KVCache, x: torch.Tensor, kinds: list[int],
+                     new_episode: torch.Tensor | None) -> torch.Tensor:
+        """Append tokens x (B, n, dim) of the given kinds to the cache and return their outputs.
+
+        new_episode: (B,) bool, a new episode starts at the first z token among the new ones."""
+        n = x.shape[1]
+        first = cache.num_tokens
+        token_index = torch.arange(first, first + n, device=x.device)
+        slots = token_index % self.slots
+        cache.slot_token[slots] = token_index
+        # The episode boundary is at the z token: tokens before it keep the old episode start.
+        query_start = cache.episode_start[:, None].expand(-1, n).clone()         # (B, n)
+        if new_episode is not None and Z_TOKEN in kinds:
+            z_pos = kinds.index(Z_TOKEN)
+            cache.episode_start = torch.where(new_episode, first + z_pos, cache.episode_start)
+            query_start[:, z_pos:] = cache.episode_start[:, None]
+        key_token = cache.slot_token                                              # (S,)
+        dist = token_index[:, None] - key_token[None, :]                          # (n, S)
+        window = torch.tensor(window_sizes(self.memory_length), device=x.device)[kinds]
+        in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= window[:, None])
+        allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
+        for layer, keys, values, rel_pos in zip(self.layers, cache.keys, cache.values, cache.rel_pos):
+            q, k, v = layer.attn.qkv(x)
+            keys[:, slots] = k
+            values[:, slots] = v
+            x = layer.residual(x, layer.attn.attend(q, keys, values, rel_pos, self.u_bias, self.v_bias,
+                                                    dist, allowed))
+        cache.num_tokens += n
+        return x
+
+    def step_first(self, cache: KVCache, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Start sequences with the tokens z_0, a_0. z (B, z_dim), actions (B,) -> h_0 (B, dim)."""
+        x = torch.stack([self.z_embed(z), self.a_embed(actions)], dim=1)
+        return self._step_tokens(cache, x, [Z_TOKEN, A_TOKEN], None)[:, -1]
+
+    def step(self, cache: KVCache, prev_reward: torch.Tensor, prev_done: torch.Tensor, z: torch.Tensor,
+             actions: torch.Tensor) -> torch.Tensor:
+        """One step: tokens r_{t-1}, z_t, a_t. prev_reward (B,), prev_done (B,) bool (an episode
+        ended after step t-1, so z_t starts a new one), z (B, z_dim), actions (B,) -> h_t (B, dim)."""
+        x = torch.stack([self.r_embed(prev_reward[:, None]), self.z_embed(z), self.a_embed(actions)], dim=1)
+        return self._step_tokens(cache, x, [R_TOKEN, Z_TOKEN, A_TOKEN], prev_done)[:, -1]
+
+    # ---- Loss (SPEC 3) ------------------------------------------------------------------------
+    def loss(self, preds: dict[str, torch.Tensor], target_logits: torch.Tensor, target_weights: torch.Tensor,
+             target_rewards: torch.Tensor, target_discounts: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Latent cross-entropy (weighted mean) + 10 * reward NLL + 50 * discount NLL.
+
+        preds: the heads' outputs for the steps whose successors are the targets: z_logits
+        (B, L, 32, 32), reward (B, L), discount_logit (B, L); target_logits (B, L, 32, 32) from
+        the encoder; target_weights (B, L) zero where step t+1 follows a done; target_rewards,
+        target_discounts (B, L) (discounts are 0.99 or 0, a soft Bernoulli target)."""
+        c = self.config
+        target_probs = torch.softmax(target_logits, dim=-1)
+        log_probs = torch.log_softmax(preds["z_logits"], dim=-1)
+        cross_entropy = -(target_probs * log_probs).sum(-1).sum(-1)                # (B, L)
+        z_loss = (target_weights * cross_entropy).sum() / target_weights.sum().clamp_min(1.0)
+        # Unit-variance Gaussian NLL, constant included (as torch.distributions.Normal.log_prob).
+        reward_nll = (0.5 * (preds["reward"] - target_rewards).pow(2) + 0.5 * math.log(2 * math.pi)).mean()
+        discount_nll = F.binary_cross_entropy_with_logits(preds["discount_logit"], target_discounts)
+        loss = c.dyn_z_coef * z_loss + c.dyn_reward_coef * reward_nll + c.dyn_discount_coef * discount_nll
+        metrics = {"dyn/z_ce": z_loss.detach(), "dyn/reward_nll": reward_nll.detach(),
+                   "dyn/discount_nll": discount_nll.detach(), "dyn/loss": loss.detach()}
+        return loss, metrics

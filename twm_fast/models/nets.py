@@ -1,0 +1,72 @@
+"""Building blocks shared by the models: MLPs and the weight initialisation of SPEC 2 and 4."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+# SiLU layers are initialised with the ReLU gain, as the published implementation does.
+SILU_GAIN = math.sqrt(2.0)
+
+
+def kaiming_uniform_(weight: torch.Tensor, gain: float) -> None:
+    """Kaiming-uniform with an explicit gain: U(-b, b), b = sqrt(3) * gain / sqrt(fan_in)."""
+    fan_in = nn.init._calculate_correct_fan(weight, "fan_in")
+    bound = math.sqrt(3.0) * gain / math.sqrt(fan_in)
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def init_layer(layer: nn.Module, gain: float, scheme: str = "kaiming_uniform") -> nn.Module:
+    """Initialise a Linear/Conv layer in place: weights by `scheme` with `gain`, biases zero."""
+    if scheme == "kaiming_uniform":
+        kaiming_uniform_(layer.weight, gain)
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(layer.weight, gain=gain)
+    else:
+        raise ValueError(f"unknown init scheme {scheme!r}")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MLP(nn.Sequential):
+    """Linear layers with SiLU between them (and optionally before the first / after the last).
+
+    `input_activation` puts a SiLU on the input (the dynamics heads act on the raw transformer
+    output); `output_activation` ends with a SiLU (the token embeddings); `dropout` follows each
+    hidden activation. Hidden layers use the SiLU gain; a final linear layer uses gain 1.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, *, input_activation: bool = False,
+                 output_activation: bool = False, dropout: float = 0.0, init: str = "kaiming_uniform",
+                 final_bias: float = 0.0):
+        layers: list[nn.Module] = [nn.SiLU()] if input_activation else []
+        dims = [in_dim, *hidden_dims]
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [init_layer(nn.Linear(d_in, d_out), SILU_GAIN, init), nn.SiLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        final = init_layer(nn.Linear(dims[-1], out_dim), SILU_GAIN if output_activation else 1.0, init)
+        nn.init.constant_(final.bias, final_bias)
+        layers.append(final)
+        if output_activation:
+            layers.append(nn.SiLU())
+        super().__init__(*layers)
+
+
+def adam(params, lr: float, eps: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with L2 weight decay added to the gradient (torch.optim.Adam, not AdamW), as published."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> torch.Tensor:
+    """zero_grad, backward, clip the global gradient norm, step. Returns the pre-clip norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return norm.detach()
