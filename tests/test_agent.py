@@ -1,0 +1,88 @@
+"""The agent's updates (SPEC 5) and imagination with the discount-threshold reset (SPEC 5.3)."""
+import torch
+
+from twm_fast.agent.agent import Agent
+from twm_fast.imagination.rollout import ImaginationStart, imagine
+from twm_fast.testing import random_z, tiny_config
+
+
+def random_batch(config, num_actions=3):
+    B, L = config.wm_batch_size, config.wm_sequence_length
+    return {"obs": torch.randint(0, 256, (B, L + 2, 4, 64, 64), dtype=torch.uint8),
+            "actions": torch.randint(0, num_actions, (B, L + 1)),
+            "rewards": torch.randn(B, L + 1).tanh(),
+            "terminated": torch.rand(B, L + 1) < 0.1,
+            "truncated": torch.rand(B, L + 1) < 0.05}
+
+
+def test_world_model_update_shapes_and_detached_dynamics():
+    config = tiny_config()
+    agent = Agent(config, 3)
+    batch = random_batch(config)
+    obs_before = [p.clone() for p in agent.obs_model.parameters()]
+    dyn_before = [p.clone() for p in agent.dynamics.parameters()]
+    z, metrics = agent.update_world_model(batch)
+    assert z.shape == (config.wm_batch_size, config.wm_sequence_length + 1, config.z_categoricals * config.z_categories)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(obs_before, agent.obs_model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(dyn_before, agent.dynamics.parameters()))
+
+
+def test_dynamics_loss_does_not_reach_obs_model():
+    config = tiny_config()
+    agent = Agent(config, 3)
+    batch = random_batch(config)
+    B, L = config.wm_batch_size, config.wm_sequence_length
+    logits = agent.obs_model.encode(batch["obs"][:, 1:-1].flatten(0, 1))
+    z = agent.obs_model.sample(logits, "straight_through")[0].view(B, L, -1)
+    z_all = torch.cat([z[:, :1], z], 1).detach()
+    target = logits.view(B, L, *logits.shape[1:]).detach()
+    loss, _, _ = agent._dynamics_loss(z_all, batch["actions"], batch["rewards"], batch["terminated"],
+                                      batch["truncated"], target)
+    agent.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in agent.obs_model.parameters())
+    assert any(p.grad is not None for p in agent.dynamics.parameters())
+
+
+def test_train_step_runs_and_counts_imagined_resets():
+    config = tiny_config()
+    agent = Agent(config, 3)
+    metrics = agent.train_step(random_batch(config), torch.randint(0, 256, (8, 4, 64, 64), dtype=torch.uint8))
+    assert "ac/critic_loss" in metrics and "dyn/loss" in metrics and "obs/loss" in metrics
+
+
+def test_imagination_discount_threshold_reset():
+    """A rollout restarts exactly when its cumulative discount falls below the threshold; the
+    restarted z comes from the pool, the weights restart at 1 and the history is cut."""
+    config = tiny_config(imagine_horizon=6)
+    agent = Agent(config, 3)
+    # Force the discount head to predict g = 0.5 everywhere: cumulative 0.5, 0.25, 0.125, 0.0625 -> reset.
+    last = agent.dynamics.discount_head[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    M = 6
+    start = ImaginationStart(random_z(M, 2, config), torch.randint(0, 3, (M,)), torch.zeros(M),
+                             torch.zeros(M, dtype=torch.bool))
+    pool = random_z(1, 1, config)[0]  # a single restart latent: every restart must equal it
+    rollout = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 6, 0.1)
+    torch.testing.assert_close(rollout.discounts, torch.full((M, 6), 0.5))
+    expected_resets = torch.tensor([False, False, False, True, False, False])
+    assert torch.equal(rollout.resets, expected_resets.expand(M, 6))
+    torch.testing.assert_close(rollout.weights[0], torch.tensor([1, 0.5, 0.25, 0.125, 1, 0.5]))
+    assert torch.equal(rollout.z[:, 4], pool.expand(M, -1))
+    assert rollout.z.shape == (M, 7, config.z_categoricals * config.z_categories)
+
+
+def test_imagination_is_deterministic_given_the_seed():
+    config = tiny_config()
+    agent = Agent(config, 3)
+    M = 4
+    start = ImaginationStart(random_z(M, 2, config), torch.randint(0, 3, (M,)), torch.zeros(M),
+                             torch.zeros(M, dtype=torch.bool))
+    pool = random_z(3, 1, config)[:, 0]
+    torch.manual_seed(1)
+    a = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 5, 0.1)
+    torch.manual_seed(1)
+    b = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 5, 0.1)
+    assert torch.equal(a.z, b.z) and torch.equal(a.actions, b.actions)

@@ -1,0 +1,463 @@
+"""Train a TWM agent: `python -m twm_fast.train`.
+
+The run (SPEC 7) reads as a short loop: prefill the replay with random play, pretrain the
+observation model, the dynamics model and the actor-critic on that data, then alternate
+collecting with the agent and training steps (world model, imagination, actor-critic), with
+periodic evaluation and checkpoints. Every phase can be resumed from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from twm_fast.agent.agent import Agent
+from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from twm_fast.config import PRESETS, Config, make_config
+from twm_fast.envs import canonical_game, make_env
+from twm_fast.evaluate import evaluate
+from twm_fast.imagination.rollout import ImaginationStart
+from twm_fast.metrics import MetricsLog, progress
+from twm_fast.replay import make_replay
+from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
+
+PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "done")
+# A CPU run whose estimate exceeds this many hours is refused unless --allow-slow is given.
+CPU_REFUSE_HOURS = 12.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; validates explicit names with a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"bad device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu "
+                             "(and --preset quick) or run on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+
+
+def estimate_hours(config: Config, device: torch.device) -> float:
+    """Rough wall time of a whole run from the multiply-adds of a training step and this machine's
+    measured matmul rate (the CPU path is compute bound; see PERF.md for the GPU picture)."""
+    a = torch.randn(512, 512, device=device)
+    rate_start = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - rate_start < 0.3:
+        a @ a
+        reps += 1
+    flops_per_s = 2 * 512 ** 3 * reps / (time.perf_counter() - rate_start)
+    # Per training step: ~3x forward cost for B*L frames through the conv VAE (~0.1 G MACs each
+    # at paper size, scaled by channels^2) and ~28 M MACs per imagined rollout-step (PERF.md).
+    width = (config.obs_channels / 48) ** 2
+    frames = config.wm_batch_size * (config.wm_sequence_length + 2)
+    wm_flops = 3 * 2 * 0.1e9 * width * frames
+    imag_flops = 2 * 28e6 * (config.dyn_embed_dim / 256) ** 2 * config.imagine_batch_size * config.imagine_horizon
+    pre = config.pretrain_updates()
+    seconds = (config.num_train_steps * (wm_flops + imag_flops) + (pre["obs"] + pre["dyn"]) * wm_flops) / flops_per_s
+    return seconds / 3600
+
+
+class Trainer:
+    """Owns the run directory, the env, the agent, the replay and the counters of one run."""
+
+    def __init__(self, config: Config, run_dir: Path, device: torch.device, resume: dict | None = None,
+                 show_progress: bool = True):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = device
+        self.show_progress = show_progress
+        (run_dir / "images").mkdir(parents=True, exist_ok=True)
+        self.log = MetricsLog(run_dir)
+        seed_everything(config.seed)
+        self.env = make_env(config.game, seed=config.seed, train=True, config=config)
+        self.env.action_space.seed(config.seed)
+        self.agent = Agent(config, self.env.num_actions).to(device)
+        self.counters = {"phase": "prefill", "env_steps": 0, "train_steps": 0, "phase_updates": 0,
+                         "episodes": 0, "last_eval": -1, "evals": [], "episode_return": 0.0}
+        if resume is None:
+            self.replay = make_replay(config.replay_backend, capacity=config.replay_capacity,
+                                      temperature=config.replay_temperature, seed=config.seed)
+            self.obs, _ = self.env.reset(seed=config.seed)
+            self.replay.add_first(self.obs)
+        else:
+            self._restore(resume)
+
+    # ---- Checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self, name: str = "latest") -> Path:
+        # The replay is the source of truth for env steps (an interrupt may land inside env_step).
+        self.counters["env_steps"] = self.replay.total_steps
+        return save_checkpoint(self.run_dir / "checkpoints", name, agent=self.agent, replay=self.replay,
+                               config=self.config, counters=self.counters)
+
+    def _restore(self, payload: dict) -> None:
+        self.agent.load_state_dict(payload["agent"])
+        for key, opt in self.agent.optimizers().items():
+            opt.load_state_dict(payload["optimizers"][key])
+        self.counters = dict(payload["counters"])
+        replay_path = Path(payload["path"]).with_name(payload["replay_file"])
+        replay_cls = type(make_replay(self.config.replay_backend, capacity=1, seed=0))
+        self.replay = replay_cls.load(str(replay_path))
+        set_rng_state(payload["rng"])
+        # The env itself cannot be saved: the interrupted episode ends here (as a truncation) and
+        # a fresh one starts, so the replay never holds a transition the env did not produce.
+        self.obs, _ = self.env.reset(seed=self.config.seed + 104729 * (self.counters["env_steps"] + 1))
+        self.replay.restart_episode(self.obs)
+        self.counters["episode_return"] = 0.0
+
+    # ---- Acting in the real env -------------------------------------------------------------------
+    def env_step(self, action: int) -> None:
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.counters["episode_return"] += reward
+        if terminated or truncated:
+            self.log.write(self.counters["env_steps"] + 1, {"train/episode_return": self.counters["episode_return"]})
+            self.counters["episode_return"] = 0.0
+            self.counters["episodes"] += 1
+            next_obs, _ = self.env.reset()
+        self.replay.add(action, math.tanh(reward), terminated, truncated, next_obs)
+        self.obs = next_obs
+        self.counters["env_steps"] += 1
+
+    def policy_action(self) -> int:
+        obs = torch.as_tensor(self.obs[None], device=self.device)
+        return int(self.agent.act(obs)[0])
+
+    # ---- Phases ---------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        c = self.config
+        if self.counters["phase"] == "prefill":
+            self.prefill()
+            self._next_phase()
+        if self.counters["phase"] == "pretrain_obs":
+            self.pretrain_obs()
+            self._next_phase()
+        if self.counters["phase"] == "pretrain_dyn":
+            self.pretrain_dyn()
+            self._next_phase()
+        if self.counters["phase"] == "pretrain_ac":
+            self.pretrain_ac()
+            self.evaluate_and_draw(c.eval_episodes)
+            self._next_phase()
+        if self.counters["phase"] == "main":
+            self.main_loop()
+            final = self.evaluate_and_draw(c.final_eval_episodes, final=True)
+            self._next_phase()
+            self.checkpoint("final")
+            self.write_scores(final)
+        self.log.close()
+        return self.counters
+
+    def _next_phase(self) -> None:
+        self.counters["phase"] = PHASES[PHASES.index(self.counters["phase"]) + 1]
+        self.counters["phase_updates"] = 0
+        self.checkpoint()
+
+    def _bar(self, total: int, desc: str, initial: int = 0, unit: str = "step"):
+        return progress(total, desc, initial, unit) if self.show_progress else _NullBar()
+
+    def prefill(self) -> None:
+        """Uniform random actions for the first prefill_steps env steps (SPEC 7)."""
+        c = self.config
+        bar = self._bar(c.prefill_steps, "prefill", self.counters["env_steps"])
+        while self.counters["env_steps"] < c.prefill_steps:
+            self.env_step(int(self.env.action_space.sample()))
+            bar.update(1)
+        bar.close()
+
+    def _prefill_data(self) -> dict[str, torch.Tensor]:
+        """All prefill steps as one window: obs (n+1, ...), actions/rewards/dones (n,) of steps 0..n-1."""
+        n = self.replay.num_steps
+        if self.replay.first_step != 0:
+            raise RuntimeError("pretraining expects the prefill data at the start of the replay")
+        w = self.replay.read_windows(np.array([0]), n)
+        return {"obs": torch.as_tensor(w["obs"][0, 1:], device=self.device),
+                "actions": torch.as_tensor(w["actions"][0, 1:], device=self.device),
+                "rewards": torch.as_tensor(w["rewards"][0, 1:], device=self.device),
+                "terminated": torch.as_tensor(w["terminated"][0, 1:], device=self.device),
+                "truncated": torch.as_tensor(w["truncated"][0, 1:], device=self.device)}
+
+    def pretrain_obs(self) -> None:
+        """Observation model on random batches of single frame stacks (0.6 x 5e7 frames)."""
+        c = self.config
+        total = c.pretrain_updates()["obs"]
+        data = self._prefill_data()["obs"]
+        bar = self._bar(total, "pretrain obs model", self.counters["phase_updates"], "update")
+        order = torch.empty(0, dtype=torch.long)
+        while self.counters["phase_updates"] < total:
+            if len(order) < c.pretrain_obs_batch_size:
+                order = torch.randperm(len(data))
+            idx, order = order[:c.pretrain_obs_batch_size], order[c.pretrain_obs_batch_size:]
+            metrics = self.agent.pretrain_obs_model(data[idx.to(self.device)])
+            self._count_update(metrics, bar)
+        bar.close()
+
+    @torch.no_grad()
+    def _frozen_encodings(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits of every prefill observation, once: the encoder is frozen from here on."""
+        om = self.agent.obs_model.eval()
+        return torch.cat([om.encode(chunk) for chunk in obs.split(512)])
+
+    def _uniform_windows(self, num_steps: int, length: int, batch: int):
+        """Uniform windows (published generate_uniform_indices): starts with stride `length` from a
+        random offset, shuffled, in batches; each yields (B, length + 1) step indices [context, window]."""
+        offset = random.randrange(length)
+        starts = torch.arange(offset, num_steps - length, length)
+        starts = starts[torch.randperm(len(starts))]
+        for chunk in starts.split(batch):
+            yield chunk[:, None] + torch.arange(-1, length)[None]
+
+    def pretrain_dyn(self) -> None:
+        """Dynamics model on frozen encodings of uniform windows (0.3 x 5e7 samples)."""
+        c = self.config
+        total = c.pretrain_updates()["dyn"]
+        data = self._prefill_data()
+        logits = self._frozen_encodings(data["obs"])                                 # (n+1, 32, 32)
+        om = self.agent.obs_model
+        bar = self._bar(total, "pretrain dynamics", self.counters["phase_updates"], "update")
+        L = c.wm_sequence_length
+        while self.counters["phase_updates"] < total:
+            for steps in self._uniform_windows(len(data["actions"]), L, c.wm_batch_size):
+                steps = steps.to(self.device)
+                context = steps.clamp_min(0)                                           # step 0 repeats for s = 0
+                z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
+                pad = steps < 0
+                actions = data["actions"][context].masked_fill(pad, 0)
+                rewards = data["rewards"][context].masked_fill(pad, 0.0)
+                metrics = self.agent.pretrain_dynamics(
+                    z, actions, rewards, data["terminated"][context], data["truncated"][context],
+                    logits[steps[:, 1:] + 1])
+                self._count_update(metrics, bar)
+                if self.counters["phase_updates"] >= total:
+                    break
+        bar.close()
+
+    def pretrain_ac(self) -> None:
+        """Actor-critic on real data: critic regression and actor entropy (pretrain_ac_fraction x 5e7)."""
+        c = self.config
+        total = c.pretrain_updates()["ac"]
+        data = self._prefill_data()
+        logits = self._frozen_encodings(data["obs"])
+        om = self.agent.obs_model
+        H = c.imagine_horizon
+        bar = self._bar(total, "pretrain actor-critic", self.counters["phase_updates"], "update")
+        while self.counters["phase_updates"] < total:
+            for steps in self._uniform_windows(len(data["actions"]), H, c.imagine_batch_size):
+                steps = steps[:, 1:].to(self.device)                                   # (N, H) steps s..s+H-1
+                obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)               # (N, H+1)
+                z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
+                metrics = self.agent.pretrain_actor_critic(
+                    z, data["rewards"][steps], data["terminated"][steps], data["truncated"][steps])
+                self._count_update(metrics, bar)
+                if self.counters["phase_updates"] >= total:
+                    break
+        bar.close()
+
+    def _count_update(self, metrics: dict, bar) -> None:
+        self.counters["phase_updates"] += 1
+        self.log.accumulate(metrics)
+        bar.update(1)
+        if self.counters["phase_updates"] % 100 == 0:
+            means = self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
+                                   phase_updates=self.counters["phase_updates"])
+            bar.set_postfix(_short(means), refresh=False)
+
+    def main_loop(self) -> None:
+        """Collect with the agent; training steps spread evenly over the remaining env steps (SPEC 7)."""
+        c = self.config
+        remaining = c.env_steps - c.prefill_steps
+        total_train = c.num_train_steps
+        bar = self._bar(c.env_steps, "train", self.counters["env_steps"], "env step")
+        started, start_steps = time.perf_counter(), self.counters["train_steps"]
+        last_ckpt = self.counters["env_steps"]
+        while self.counters["env_steps"] < c.env_steps:
+            if self.counters["env_steps"] - max(self.counters["last_eval"], 0) >= c.eval_every:
+                result = self.evaluate_and_draw(c.eval_episodes)
+                bar.set_postfix(eval=f"{result['mean']:.2f}", refresh=False)
+            self.env_step(self.policy_action())
+            bar.update(1)
+            due = (self.counters["env_steps"] - c.prefill_steps) * total_train // remaining
+            while self.counters["train_steps"] < due:
+                self.train_step()
+            if self.counters["train_steps"] % 50 == 0 and self.counters["train_steps"] > start_steps:
+                rate = (self.counters["train_steps"] - start_steps) / (time.perf_counter() - started)
+                means = self.log.flush(self.counters["env_steps"], phase="main",
+                                       train_steps=self.counters["train_steps"], train_steps_per_s=rate)
+                last = self.counters["evals"][-1]["mean"] if self.counters["evals"] else float("nan")
+                bar.set_postfix({"train/s": f"{rate:.2f}", "eval": f"{last:.2f}", **_short(means)}, refresh=False)
+            if self.counters["env_steps"] - last_ckpt >= c.checkpoint_every:
+                self.checkpoint()
+                last_ckpt = self.counters["env_steps"]
+        bar.close()
+
+    def train_step(self) -> None:
+        c = self.config
+        starts = self.replay.sample_starts(c.wm_batch_size, c.wm_sequence_length)
+        batch = to_torch(self.replay.read_windows(starts, c.wm_sequence_length), self.device)
+        restart_obs = torch.as_tensor(self.replay.read_obs(self.replay.random_obs_indices(c.imagine_batch_size)),
+                                      device=self.device)
+        self.log.accumulate(self.agent.train_step(batch, restart_obs))
+        self.counters["train_steps"] += 1
+
+    # ---- Evaluation and pictures --------------------------------------------------------------------
+    def evaluate_and_draw(self, episodes: int, final: bool = False) -> dict:
+        c = self.config
+        step = self.counters["env_steps"]
+        seed = c.seed * 1_000_003 + 13 + len(self.counters["evals"])
+        result = evaluate(self.agent, c, episodes, seed)
+        result["env_steps"] = step
+        result["final"] = final
+        self.counters["evals"].append({k: result[k] for k in ("env_steps", "mean", "returns", "random_score")})
+        self.counters["last_eval"] = step
+        self.log.write(step, {"eval/mean_return": result["mean"], "eval/std_return": result["std"],
+                              "eval/human_normalized": result["human_normalized"], "eval/final": final})
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.draw(step)
+        save_eval_curve(self.counters["evals"], self.run_dir / "eval_curve.png", f"TWM on {c.game}")
+        return result
+
+    @torch.no_grad()
+    def draw(self, step: int) -> None:
+        c = self.config
+        images = self.run_dir / "images"
+        obs = torch.as_tensor(self.replay.read_obs(self.replay.random_obs_indices(8)), device=self.device)
+        save_reconstructions(self.agent, obs, images / f"reconstructions_{step:07d}.png")
+        # Imagine from 4 random real steps s (pairs z_s, z_{s+1} with a_s, r_s, done_s).
+        rng = np.random.default_rng(step)
+        starts = rng.integers(self.replay.first_step + 1, self.replay.total_steps - 1, size=4)
+        window = to_torch(self.replay.read_windows(starts, 1), self.device)
+        om = self.agent.obs_model.eval()
+        z = om.sample(om.encode(window["obs"][:, 1:3].flatten(0, 1)), "argmax")[0].view(4, 2, -1)
+        dones = window["terminated"][:, 1] | window["truncated"][:, 1]
+        start = ImaginationStart(z, window["actions"][:, 1], window["rewards"][:, 1], dones)
+        save_imagined_rollouts(self.agent, start, self.agent.restart_latents(obs), images / f"imagined_{step:07d}.png")
+
+    def write_scores(self, final: dict) -> None:
+        scores = {"game": self.config.game, "seed": self.config.seed, "env_steps": self.counters["env_steps"],
+                  "train_steps": self.counters["train_steps"], "final_mean_return": final["mean"],
+                  "final_std_return": final["std"], "final_episodes": final["episodes"],
+                  "human_normalized": final["human_normalized"], "random_score": final["random_score"],
+                  "human_score": final["human_score"],
+                  "evaluations": [{"env_steps": e["env_steps"], "mean": e["mean"]} for e in self.counters["evals"]]}
+        (self.run_dir / "scores.json").write_text(json.dumps(scores, indent=2))
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, *args, **kwargs) -> None: ...
+    def close(self) -> None: ...
+
+
+def _short(means: dict[str, float]) -> dict[str, str]:
+    keys = {"obs/loss": "obs", "dyn/loss": "dyn", "ac/critic_loss": "critic", "ac/actor_loss": "actor"}
+    return {short: f"{means[k]:.3g}" for k, short in keys.items() if k in means}
+
+
+# ---- Command line ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m twm_fast.train",
+        description="Train a TWM agent (Robine et al., ICLR 2023). Without options: the paper setting on Pong.",
+        epilog="Overrides: any config field as name=value, e.g. imagine_batch_size=400 replay_temperature=inf. "
+               "Presets: " + ", ".join(PRESETS))
+    p.add_argument("--game", default=None, help="Atari game (e.g. Pong, MsPacman) or 'catch' (built-in)")
+    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default paper)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, help="run directory (default runs/<game>-<preset>-s<seed>-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--allow-slow", action="store_true", help="run even when the estimate on this device is huge")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
+    p.add_argument("overrides", nargs="*", metavar="name=value", help="config overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    resume = None
+    if args.resume:
+        run_dir = Path(args.resume)
+        resume = load_checkpoint(run_dir)
+        config = Config.from_dict(resume["config"])
+        if args.device:
+            config.device = args.device
+        if args.game or args.preset or args.overrides or args.seed is not None:
+            raise ValueError("--resume continues a run with its saved config; drop --game/--preset/--seed/"
+                             "overrides (or start a new run with --out)")
+    else:
+        values = {}
+        if args.game:
+            values["game"] = canonical_game(args.game)
+        if args.seed is not None:
+            values["seed"] = args.seed
+        if args.device:
+            values["device"] = args.device
+        preset = args.preset or "paper"
+        config = make_config(preset, args.overrides, **values)
+        config.game = canonical_game(config.game)
+        run_dir = Path(args.out or f"runs/{config.game}-{preset}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            held = "a twm-fast run" if (run_dir / "config.json").exists() else "other files"
+            raise ValueError(f"output directory {run_dir} already holds {held}; pass --resume {run_dir} to "
+                             "continue it, or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    device = resolve_device(config.device)
+    if device.type == "cpu" and not args.allow_slow:
+        hours = estimate_hours(config, device)
+        if hours > CPU_REFUSE_HOURS:
+            raise ValueError(
+                f"this configuration would take about {hours / 24:.0f} days ({hours:.0f} h) on this CPU "
+                f"(no CUDA device found). Try the CPU demo: python -m twm_fast.train --preset quick "
+                "(built-in Catch, a few minutes), run on a GPU, or pass --allow-slow to start anyway.")
+    print(f"twm-fast: {config.game}, device {device}, run directory {run_dir}"
+          + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']})"
+             if resume else ""), file=sys.stderr)
+    trainer = Trainer(config, run_dir, device, resume=resume, show_progress=not args.no_progress)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        path = trainer.checkpoint()
+        print(f"\ninterrupted: saved {path}; continue with: python -m twm_fast.train --resume {run_dir}",
+              file=sys.stderr)
+        return 130
+    print(f"done: {run_dir}/scores.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
