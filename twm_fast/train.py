@@ -88,8 +88,9 @@ class Trainer:
     """Owns the run directory, the env, the agent, the replay and the counters of one run."""
 
     def __init__(self, config: Config, run_dir: Path, device: torch.device, resume: dict | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, stop_after: int | None = None):
         self.config = config
+        self.stop_after = stop_after
         self.run_dir = run_dir
         self.device = device
         self.show_progress = show_progress
@@ -97,7 +98,6 @@ class Trainer:
         self.log = MetricsLog(run_dir)
         seed_everything(config.seed)
         self.env = make_env(config.game, seed=config.seed, train=True, config=config)
-        self.env.action_space.seed(config.seed)
         self.agent = Agent(config, self.env.num_actions).to(device)
         self.counters = {"phase": "prefill", "env_steps": 0, "train_steps": 0, "phase_updates": 0,
                          "episodes": 0, "last_eval": -1, "evals": [], "episode_return": 0.0}
@@ -143,6 +143,8 @@ class Trainer:
         self.replay.add(action, math.tanh(reward), terminated, truncated, next_obs)
         self.obs = next_obs
         self.counters["env_steps"] += 1
+        if self.stop_after is not None and self.counters["env_steps"] >= self.stop_after:
+            raise StopRun
 
     def policy_action(self) -> int:
         obs = torch.as_tensor(self.obs[None], device=self.device)
@@ -368,6 +370,10 @@ class Trainer:
         (self.run_dir / "scores.json").write_text(json.dumps(scores, indent=2))
 
 
+class StopRun(Exception):
+    """Raised after --stop-after env steps: the run checkpoints and exits, to be resumed later."""
+
+
 class _NullBar:
     def update(self, n: int = 1) -> None: ...
     def set_postfix(self, *args, **kwargs) -> None: ...
@@ -393,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<game>-<preset>-s<seed>-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--allow-slow", action="store_true", help="run even when the estimate on this device is huge")
+    p.add_argument("--stop-after", type=int, default=None, metavar="ENV_STEPS",
+                   help="checkpoint and exit after this many env steps (e.g. to fit a job time limit); "
+                        "continue with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="name=value", help="config overrides")
     return p
@@ -447,9 +456,15 @@ def _main(args) -> int:
     print(f"twm-fast: {config.game}, device {device}, run directory {run_dir}"
           + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']})"
              if resume else ""), file=sys.stderr)
-    trainer = Trainer(config, run_dir, device, resume=resume, show_progress=not args.no_progress)
+    trainer = Trainer(config, run_dir, device, resume=resume, show_progress=not args.no_progress,
+                      stop_after=args.stop_after)
     try:
         trainer.run()
+    except StopRun:
+        path = trainer.checkpoint()
+        print(f"stopped after {trainer.counters['env_steps']} env steps: saved {path}; continue with: "
+              f"python -m twm_fast.train --resume {run_dir}", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         path = trainer.checkpoint()
         print(f"\ninterrupted: saved {path}; continue with: python -m twm_fast.train --resume {run_dir}",

@@ -1,0 +1,119 @@
+"""Smoke tests of the real command line, run as subprocesses with a tiny budget (cleanrl's style)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from twm_fast.config import Config, make_config
+from twm_fast.replay import make_replay
+
+# Catch with the quick preset shrunk further: 200 prefill steps, 200 collected, 40 training steps.
+TINY = ["env_steps=400", "prefill_steps=200", "pretrain_budget=3000", "total_budget=14520",
+        "imagine_batch_size=16", "eval_every=100", "eval_episodes=2", "final_eval_episodes=2",
+        "checkpoint_every=100", "pretrain_obs_batch_size=64"]
+
+
+def run_cli(*args, module="twm_fast.train", check=True):
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def visit_total(checkpoint_dir, name, length):
+    payload = torch.load(checkpoint_dir / f"{name}.pt", weights_only=False)
+    config = Config.from_dict(payload["config"])
+    replay_cls = type(make_replay(config.replay_backend, capacity=1, seed=0))
+    replay = replay_cls.load(str(checkpoint_dir / payload["replay_file"]))
+    _, counts = replay.visit_counts(length)
+    return payload["counters"], replay, int(counts.sum())
+
+
+def test_train_stop_resume_evaluate(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("--preset", "quick", "--out", str(run), "--no-progress", "--stop-after", "260", *TINY)
+    assert "continue with" in first.stderr
+    for name in ["config.json", "metrics.jsonl", "eval.jsonl", "eval_curve.png", "checkpoints/latest.pt",
+                 "checkpoints/latest.replay"]:
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "images").glob("reconstructions_*.png"))
+    assert list((run / "images").glob("imagined_*.png")) and list((run / "images").glob("imagined_*.gif"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["game"] == "catch" and config["env_steps"] == 400
+
+    counters, replay, visits = visit_total(run / "checkpoints", "latest", config["wm_sequence_length"])
+    assert counters["phase"] == "main" and counters["env_steps"] == 260
+    assert replay.total_steps == 260
+    assert counters["train_steps"] > 0
+    assert visits == config["wm_batch_size"] * counters["train_steps"]
+    stopped_train_steps = counters["train_steps"]
+
+    second = run_cli("--resume", str(run), "--no-progress")
+    assert "resuming at main, env step 260" in second.stderr
+    counters, replay, visits = visit_total(run / "checkpoints", "final", config["wm_sequence_length"])
+    assert counters["phase"] == "done" and counters["env_steps"] == 400
+    full = make_config("quick", TINY)
+    assert counters["train_steps"] == full.num_train_steps == 40
+    # Counters continued from the checkpoint: every training step drew one batch of starts.
+    assert visits == config["wm_batch_size"] * counters["train_steps"] > config["wm_batch_size"] * stopped_train_steps
+    train_records = [r for r in read_jsonl(run / "metrics.jsonl") if "train_steps" in r]
+    assert [r["train_steps"] for r in train_records] == sorted(r["train_steps"] for r in train_records)
+
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["final_episodes"] == 2 and scores["env_steps"] == 400
+    assert scores["human_normalized"] is not None
+    evals = read_jsonl(run / "eval.jsonl")
+    assert evals[0]["env_steps"] == 200 and evals[-1]["final"] is True
+    assert [e["env_steps"] for e in evals][1:-1] == [300]
+
+    out = tmp_path / "eval.json"
+    ev = run_cli(str(run / "checkpoints" / "final.pt"), "--episodes", "3", "--out", str(out),
+                 module="twm_fast.evaluate")
+    assert "mean return" in ev.stdout
+    assert json.loads(out.read_text())["episodes"] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--game", "Pongg"], "did you mean Pong"),
+    (["--preset", "papr"], "unknown preset 'papr'"),
+    (["imagine_batch_sise=3"], "did you mean imagine_batch_size"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    (["--device", "tpu"], "bad device"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+    proc = run_cli("--out", str(tmp_path / "x"), *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_paper_preset_on_cpu_points_to_quick(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU would run the paper preset")
+    proc = run_cli("--out", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 2 and "--preset quick" in proc.stderr and "days" in proc.stderr
+
+
+def test_output_directory_of_another_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    proc = run_cli("--preset", "quick", "--out", str(run), check=False)
+    assert proc.returncode == 2 and "already holds a twm-fast run" in proc.stderr and "--resume" in proc.stderr
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = run_cli(str(bad), module="twm_fast.evaluate", check=False)
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
+    proc = run_cli(str(tmp_path / "missing.pt"), module="twm_fast.evaluate", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
