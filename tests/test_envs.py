@@ -14,7 +14,7 @@ from twm_fast.envs.catch import (
     track_ball_action,
 )
 
-CATCH_GAME_STEPS = 79   # 5 balls x 16 steps, less the step that would spawn a sixth ball
+CATCH_GAME_STEPS = 39   # 5 balls x 8 steps, less the step that would spawn a sixth ball
 
 
 def catch_env(seed=0, train=True, **overrides):
@@ -65,15 +65,15 @@ def test_catch_pixels_follow_the_rules():
     obs, _ = env.reset()
     frame = obs[-1]
     assert set(np.unique(frame)) == {0, 255}
-    # Paddle: 16 x 4 px in the bottom rows, centred; ball: 4 x 4 px in the top rows.
-    assert np.flatnonzero(frame[60:].all(axis=0)).tolist() == list(range(24, 40))
-    assert frame[60:].sum() == 16 * 4 * 255
-    ball_rows, ball_cols = np.nonzero(frame[:60])
-    assert ball_rows.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
-    obs, *_ = env.step(1)   # LEFT: paddle moves 4 px, ball falls 4 px
-    assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(20, 36))
-    new_rows, new_cols = np.nonzero(obs[-1, :60])
-    np.testing.assert_array_equal(new_rows, ball_rows + 4)
+    # Paddle: 16 x 8 px in the bottom rows, centred; ball: 8 x 8 px in the top rows.
+    assert np.flatnonzero(frame[56:].all(axis=0)).tolist() == list(range(24, 40))
+    assert frame[56:].sum() == 16 * 8 * 255
+    ball_rows, ball_cols = np.nonzero(frame[:56])
+    assert ball_rows.tolist() == [r for r in range(8) for _ in range(8)]
+    obs, *_ = env.step(1)   # LEFT: paddle moves 8 px, ball falls 8 px
+    assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(16, 32))
+    new_rows, new_cols = np.nonzero(obs[-1, :56])
+    np.testing.assert_array_equal(new_rows, ball_rows + 8)
     np.testing.assert_array_equal(new_cols, ball_cols)
 
 
@@ -112,7 +112,7 @@ def test_catch_episodic_lives_in_training_env_only():
     obs, reset_info = train_env.reset()
     assert_reset_stack(obs)
     assert reset_info["lives"] == info["lives"], "reset() after a lost life continues the game"
-    assert obs[-1, :4].any() and not obs[-1, 4:60].any(), "the next ball, in the top row"
+    assert obs[-1, :8].any() and not obs[-1, 8:56].any(), "the next ball, in the top row"
 
     eval_env = catch_env(seed=0, train=False)
     history = play(eval_env, [0] * 1000, until=lambda term, trunc, info: term)
@@ -141,16 +141,16 @@ def test_catch_training_episodes_until_game_over_cover_one_game():
 
 
 def test_catch_time_limit_truncates_and_restarts():
-    env = catch_env(seed=0, train=True, time_limit=10)
+    env = catch_env(seed=0, train=True, time_limit=5)   # shorter than a ball's fall: no miss before it
     history = play(env, [1] * 100, until=lambda term, trunc, info: term or trunc)
-    assert len(history) - 1 == 10
+    assert len(history) - 1 == 5
     assert history[-1][3] and not any(step[3] for step in history[:-1])
     assert history[-1][0][-1, 63, 0] == 255, "the paddle went to the left edge"
     obs, info = env.reset()
     assert_reset_stack(obs)
     # A truncated game is over: a new game with the paddle centred and a new ball at the top.
     assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(24, 40))
-    assert info["lives"] == 5 and obs[-1, :4].any()
+    assert info["lives"] == 5 and obs[-1, :8].any()
 
 
 def test_catch_reset_mid_episode_starts_a_new_game():
@@ -158,7 +158,7 @@ def test_catch_reset_mid_episode_starts_a_new_game():
     play(env, [1] * 5)
     obs, info = env.reset()
     assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(24, 40)), "the paddle is centred again"
-    assert obs[-1, :4].any() and not obs[-1, 4:60].any(), "a new ball in the top row"
+    assert obs[-1, :8].any() and not obs[-1, 8:56].any(), "a new ball in the top row"
 
 
 def test_catch_rejects_other_frame_sizes():
