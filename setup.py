@@ -17,9 +17,12 @@ PACKAGES = [
     "twm_fast.kernels",
 ]
 
+# The replay core is header-only (csrc/*.hpp) behind one thin binding file; `depends` rebuilds
+# the extension when a header changes.
 replay_ext = Pybind11Extension(
     "twm_fast._replay",
     ["csrc/replay_bindings.cpp"],
+    depends=["csrc/replay_core.hpp", "csrc/balanced_sampler.hpp"],
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=["-O3"],

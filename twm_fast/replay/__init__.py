@@ -1,0 +1,46 @@
+"""The replay of env steps and its balanced sampler (SPEC 6, Eq. 6).
+
+Two backends with one API: `FastReplay` (C++ core in csrc/, the default) and `ReferenceReplay`
+(numpy, the specification). Indices everywhere are logical step indices (monotone, never wrap).
+"""
+
+from __future__ import annotations
+
+from twm_fast.replay.reference import ReferenceReplay, ReplayFileError
+
+try:
+    from twm_fast.replay.fast import FastReplay
+except ImportError as _error:  # the extension was not built: only the reference is available
+    FastReplay = None
+    _FAST_IMPORT_ERROR = _error
+
+__all__ = ["FastReplay", "ReferenceReplay", "ReplayFileError", "make_replay"]
+
+
+def make_replay(
+    backend: str = "cpp",
+    *,
+    capacity: int,
+    frame_shape: tuple[int, int] = (64, 64),
+    frame_stack: int = 4,
+    temperature: float = 20.0,
+    seed: int = 0,
+):
+    """A replay of `capacity` steps of (frame_stack, *frame_shape) uint8 observations, sampled with
+    Eq. 6 at `temperature` (math.inf: uniform), its RNG seeded with `seed`.
+
+    backend: "cpp" (FastReplay; raises ImportError if the extension is not built) or
+    "reference" (ReferenceReplay).
+    """
+    if backend == "reference":
+        cls = ReferenceReplay
+    elif backend == "cpp":
+        if FastReplay is None:
+            raise ImportError(
+                "replay backend 'cpp' needs the twm_fast._replay extension: "
+                "pip install --no-build-isolation -e ."
+            ) from _FAST_IMPORT_ERROR
+        cls = FastReplay
+    else:
+        raise ValueError(f"unknown replay backend {backend!r}: use 'cpp' or 'reference'")
+    return cls(capacity, frame_shape=frame_shape, frame_stack=frame_stack, temperature=temperature, seed=seed)
