@@ -1,11 +1,13 @@
 # The Triton interpreter must be chosen before any kernel module is imported: it lets the kernels
-# run (slowly, tiny shapes only) on a CPU, so CI compares every kernel with its twin.
+# run (slowly, tiny shapes only) on a CPU, so CI compares every kernel with its twin. With a GPU the
+# kernels are compiled for real (and the tests marked `gpu` run at full size).
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

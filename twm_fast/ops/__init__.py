@@ -1,14 +1,22 @@
 """The public functional API of the fast ops, and its one dispatch point.
 
-Each op name maps to (fast, reference). `TWM_FAST_BACKEND` chooses:
-- `auto` (default): the Triton kernel on a CUDA tensor when one is registered, else the reference;
+Each op name maps to (reference, fast, unsupported). `TWM_FAST_BACKEND` chooses:
+- `auto` (default): the Triton kernel on a CUDA tensor when one is registered, triton is installed
+  and the kernel can honour the arguments (its `unsupported` check says why not, e.g. more keys
+  than one tile holds, or a gradient the kernel has no backward for); else the reference;
 - `triton`: the Triton kernel, and an error if it cannot run (no kernel, CPU tensor without
-  TRITON_INTERPRET=1, triton not installed);
+  TRITON_INTERPRET=1, triton not installed, arguments the kernel cannot honour);
 - `torch`: always the plain-PyTorch reference.
+
+Randomness: the samplers take their noise as an input, so both paths draw the same sample. The
+attention's dropout (training only) is drawn inside the kernel from a seed, so its mask differs
+from the reference's mask for the same torch seed (same distribution).
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -23,13 +31,27 @@ BACKENDS = ("auto", "triton", "torch")
 @dataclass(frozen=True)
 class OpEntry:
     reference: Callable
-    fast: str | None  # "module:function" of the Triton launcher, imported on first use
+    fast: str | None = None  # "module:function" of the Triton entry point, imported on first use
+    # "module:function" taking the op's arguments: None when the kernel can run them, else why not.
+    unsupported: str | None = None
 
 
 REGISTRY: dict[str, OpEntry] = {
-    "rel_attention": OpEntry(rel_attention_ref, None),
-    "categorical_sample": OpEntry(categorical_sample_ref, None),
-    "gae": OpEntry(gae_ref, None),
+    "rel_attention": OpEntry(
+        rel_attention_ref,
+        "twm_fast.kernels.rel_attention:rel_attention",
+        "twm_fast.kernels.rel_attention:rel_attention_unsupported",
+    ),
+    "categorical_sample": OpEntry(
+        categorical_sample_ref,
+        "twm_fast.kernels.categorical:categorical_sample",
+        "twm_fast.kernels.categorical:categorical_sample_unsupported",
+    ),
+    "gae": OpEntry(
+        gae_ref,
+        "twm_fast.kernels.gae:gae",
+        "twm_fast.kernels.gae:gae_unsupported",
+    ),
 }
 
 
@@ -40,46 +62,75 @@ def backend() -> str:
     return value
 
 
+@functools.cache
 def _load(path: str) -> Callable:
     module, _, fn = path.partition(":")
     return getattr(importlib.import_module(module), fn)
 
 
-def implementation(name: str, device: torch.device) -> Callable:
-    """The function that runs op `name` for tensors on `device` under the current backend."""
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def implementation(name: str, device: torch.device, args: tuple = ()) -> Callable:
+    """The function that runs op `name` on `args` (tensors on `device`) under the current backend.
+
+    With `args` empty the kernel's argument check is skipped (the answer then depends on the
+    device alone).
+    """
     entry = REGISTRY[name]
     choice = backend()
     if choice == "torch":
         return entry.reference
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    runnable = entry.fast is not None and (device.type == "cuda" or interpret)
     if choice == "triton":
         if entry.fast is None:
             raise RuntimeError(f"TWM_FAST_BACKEND=triton but op {name!r} has no Triton kernel")
-        if not runnable:
+        if not _triton_installed():
+            raise RuntimeError(f"TWM_FAST_BACKEND=triton but triton is not installed (op {name!r})")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 f"TWM_FAST_BACKEND=triton but op {name!r} got a {device.type} tensor; Triton needs "
                 "a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter)")
+        reason = _load(entry.unsupported)(*args) if entry.unsupported and args else None
+        if reason is not None:
+            raise RuntimeError(f"TWM_FAST_BACKEND=triton but the {name!r} kernel cannot run these arguments: "
+                               f"{reason}")
         return _load(entry.fast)
     # auto: the kernel only on a GPU (the interpreter is for tests, far too slow for training).
-    if entry.fast is not None and device.type == "cuda":
-        return _load(entry.fast)
-    return entry.reference
+    if entry.fast is None or device.type != "cuda" or not _triton_installed():
+        return entry.reference
+    if entry.unsupported and args and _load(entry.unsupported)(*args) is not None:
+        return entry.reference
+    return _load(entry.fast)
 
 
 def rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0):
-    """Relative-position attention; see `twm_fast.reference.attention.rel_attention_ref`."""
-    fn = implementation("rel_attention", q.device)
-    return fn(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p)
+    """Relative-position attention; see `twm_fast.reference.attention.rel_attention_ref`.
+
+    q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); rel_pos:
+    (distances, heads, head_dim); u_bias, v_bias: (heads, head_dim); dist: (queries, keys) or
+    (batch, queries, keys) int; allowed: (batch, queries, keys) bool -> (batch, queries, heads, head_dim).
+    """
+    args = (q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p)
+    return implementation("rel_attention", q.device, args)(*args)
 
 
 def categorical_sample(logits, noise, mode="sample"):
-    """Categorical one-hot sampling; see `twm_fast.reference.categorical.categorical_sample_ref`."""
-    fn = implementation("categorical_sample", logits.device)
-    return fn(logits, noise, mode)
+    """Categorical one-hot sampling; see `twm_fast.reference.categorical.categorical_sample_ref`.
+
+    logits, noise: (batch, categoricals, classes) -> onehot, probs, log_probs (batch, categoricals,
+    classes) and entropy (batch, categoricals).
+    """
+    args = (logits, noise, mode)
+    return implementation("categorical_sample", logits.device, args)(*args)
 
 
 def gae(rewards, discounts, values, lam):
-    """GAE advantages; see `twm_fast.reference.gae.gae_ref`."""
-    fn = implementation("gae", rewards.device)
-    return fn(rewards, discounts, values, lam)
+    """GAE advantages; see `twm_fast.reference.gae.gae_ref`.
+
+    rewards, discounts: (trajectories, horizon); values: (trajectories, horizon + 1)
+    -> (trajectories, horizon).
+    """
+    args = (rewards, discounts, values, lam)
+    return implementation("gae", rewards.device, args)(*args)

@@ -1,0 +1,148 @@
+"""Kernel benchmarks: each Triton kernel paired with its plain-PyTorch twin, one group per op.
+
+    pytest benches --benchmark-only -k bench_kernels
+
+On a GPU both sides run at full size (SPEC 5: M = 800 imagined trajectories, B = 100 windows of
+50 tokens). On a CPU only the reference side runs, at small shapes: the Triton interpreter is a
+correctness tool, not something to time. `benches/gpu_report.py` reuses the input builders below
+for its one-call correctness + timing report.
+"""
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="the Triton side is timed on a GPU only")
+SCALE = 1 / 16          # 1/sqrt(256), SPEC 3
+DROPOUT = 0.1           # SPEC 3, training only
+LAMBDA = 0.95           # SPEC 1
+# Full size on a GPU, small on a CPU (the reference alone).
+STEP_M = 800 if CUDA else 16          # imagination trajectories; one step adds 3 tokens to 53 cached keys
+TRAIN_B = 100 if CUDA else 4          # world-model windows of 50 tokens
+SAMPLER_N = 12_000 if CUDA else 200   # 800 x 15 imagined latents of 32 x 32
+GAE_N = 800 if CUDA else 100
+
+
+def attention_inputs(B, T, S, R, dtype=torch.float32, device=DEVICE, H=4, D=64):
+    """Queries are the last T of S token positions; trajectory b starts an episode at position b % S.
+
+    Returns (q, k, v, rel_pos, u_bias, v_bias), dist (T, S), allowed (B, T, S)."""
+    q = torch.randn(B, T, H, D, device=device)
+    k, v = torch.randn(B, S, H, D, device=device), torch.randn(B, S, H, D, device=device)
+    rel_pos, u_bias, v_bias = (torch.randn(R, H, D, device=device), torch.randn(H, D, device=device),
+                               torch.randn(H, D, device=device))
+    key_pos = torch.arange(S, device=device)
+    query_pos = torch.arange(S - T, S, device=device)
+    dist = query_pos[:, None] - key_pos[None, :]
+    start = torch.arange(B, device=device)[:, None, None] % S
+    allowed = (dist >= 0)[None] & ((key_pos[None, None, :] >= start) | (query_pos[None, :, None] < start))
+    tensors = tuple(t.to(dtype) for t in (q, k, v, rel_pos, u_bias, v_bias))
+    return tensors, dist, allowed
+
+
+def sampler_inputs(N, dtype=torch.float32, device=DEVICE):
+    """Logits (N, 32, 32) of the latent head and uniform noise of the same shape and dtype."""
+    logits = 3 * torch.randn(N, 32, 32, device=device)
+    return logits.to(dtype), torch.rand(N, 32, 32, device=device).to(dtype)
+
+
+def rollout_inputs(N, H=15, dtype=torch.float32, device=DEVICE):
+    """Rewards (N, H), predicted discounts (N, H), values (N, H + 1) of an imagined rollout."""
+    rewards = torch.randn(N, H, device=device)
+    discounts = 0.99 * torch.rand(N, H, device=device)
+    values = torch.randn(N, H + 1, device=device)
+    return tuple(t.to(dtype) for t in (rewards, discounts, values))
+
+
+def synchronized(fn):
+    """Time the device work, not the launch: wait for the GPU after each call."""
+    def call():
+        out = fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+    return call
+
+
+def _attention_grads(fn, leaves, dist, allowed, upstream):
+    for t in leaves:
+        t.grad = None
+    fn(*leaves, dist, allowed, SCALE, DROPOUT).backward(upstream)
+
+
+# ---- relative attention, one imagination step ------------------------------------------------------
+@pytest.fixture(scope="module")
+def step_inputs():
+    return attention_inputs(STEP_M, 3, 53, 53)
+
+
+@pytest.mark.benchmark(group=f"rel_attention step M={STEP_M} T=3 S=53")
+def test_rel_attention_step_reference(benchmark, step_inputs):
+    from twm_fast.reference import rel_attention_ref
+    tensors, dist, allowed = step_inputs
+    benchmark(synchronized(lambda: rel_attention_ref(*tensors, dist, allowed, SCALE)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"rel_attention step M={STEP_M} T=3 S=53")
+def test_rel_attention_step_triton(benchmark, step_inputs):
+    from twm_fast.kernels.rel_attention import rel_attention_fwd
+    tensors, dist, allowed = step_inputs
+    out = torch.empty_like(tensors[0])
+    benchmark(synchronized(lambda: rel_attention_fwd(*tensors, dist, allowed, SCALE, out=out)))
+
+
+# ---- relative attention, training window forward + backward ------------------------------------------
+@pytest.fixture(scope="module")
+def train_inputs():
+    tensors, dist, allowed = attention_inputs(TRAIN_B, 50, 50, 53)
+    return [t.requires_grad_() for t in tensors], dist, allowed, torch.randn_like(tensors[0])
+
+
+@pytest.mark.benchmark(group=f"rel_attention train fwd+bwd B={TRAIN_B} T=S=50 dropout")
+def test_rel_attention_train_reference(benchmark, train_inputs):
+    from twm_fast.reference import rel_attention_ref
+    leaves, dist, allowed, upstream = train_inputs
+    benchmark(synchronized(lambda: _attention_grads(rel_attention_ref, leaves, dist, allowed, upstream)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"rel_attention train fwd+bwd B={TRAIN_B} T=S=50 dropout")
+def test_rel_attention_train_triton(benchmark, train_inputs):
+    from twm_fast.kernels.rel_attention import rel_attention
+    leaves, dist, allowed, upstream = train_inputs
+    benchmark(synchronized(lambda: _attention_grads(rel_attention, leaves, dist, allowed, upstream)))
+
+
+# ---- categorical sampler --------------------------------------------------------------------------------
+@pytest.mark.benchmark(group=f"categorical_sample N={SAMPLER_N} V=32 C=32")
+def test_categorical_sample_reference(benchmark):
+    from twm_fast.reference import categorical_sample_ref
+    logits, noise = sampler_inputs(SAMPLER_N)
+    benchmark(synchronized(lambda: categorical_sample_ref(logits, noise, "sample")))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"categorical_sample N={SAMPLER_N} V=32 C=32")
+def test_categorical_sample_triton(benchmark):
+    from twm_fast.kernels.categorical import categorical_sample_fwd
+    logits, noise = sampler_inputs(SAMPLER_N)
+    out = categorical_sample_fwd(logits, noise, "sample")
+    benchmark(synchronized(lambda: categorical_sample_fwd(logits, noise, "sample", out=out)))
+
+
+# ---- GAE ----------------------------------------------------------------------------------------------
+@pytest.mark.benchmark(group=f"gae N={GAE_N} H=15")
+def test_gae_reference(benchmark):
+    from twm_fast.reference import gae_ref
+    rollout = rollout_inputs(GAE_N)
+    benchmark(synchronized(lambda: gae_ref(*rollout, LAMBDA)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"gae N={GAE_N} H=15")
+def test_gae_triton(benchmark):
+    from twm_fast.kernels.gae import gae_fwd
+    rollout = rollout_inputs(GAE_N)
+    out = torch.empty(GAE_N, 15, device=DEVICE)
+    benchmark(synchronized(lambda: gae_fwd(*rollout, LAMBDA, out=out)))

@@ -1,0 +1,402 @@
+"""One-call report on the Triton kernels: correctness and speed against their twins, at full size.
+
+    python benches/gpu_report.py --out $OUT                      # a CUDA machine (H100 / H200)
+    python benches/gpu_report.py --out DIR --device cpu --small  # tiny shapes, interpreter (CI smoke)
+
+On the device machine (a copy of the tree without .git; TRITON_INTERPRET must be 0 for the tests,
+which tests/conftest.py would otherwise turn on), the GPU tests then this report:
+
+    python3 -m pip install -q --no-build-isolation --no-deps -e . || ln -sfn ../kernels twm_fast/kernels
+    TRITON_INTERPRET=0 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_rel_attention.py \
+        tests/test_kernel_categorical.py tests/test_kernel_gae.py > $OUT/pytest_gpu.txt 2>&1
+    tail -30 $OUT/pytest_gpu.txt; TWM_COMMIT=<sha> python3 benches/gpu_report.py --out $OUT
+
+For each kernel and dtype (fp32, and bf16 on a GPU) it checks the fast path against the reference
+(fp32: max error; bf16: the kernel's error against the fp32 reference is at most twice the bf16
+reference's; the sampler's one-hot exactly equal), then times both in the same process on the same
+card: CUDA events around each call after a warm-up, the median of many repeats (eager, launch gaps
+included, as the training loop calls them), and the replay of a CUDA graph of each where both can be
+captured (GPU time alone). It also sweeps num_warps for the attention kernels. JSON details and the
+environment (card, versions, commit) go to OUT/gpu_report.json; a short table is printed last.
+The exit status is 1 when any check failed or any case raised (the report is written regardless).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# The input builders live in bench_kernels.py beside this script (its folder is on sys.path when run).
+# Targets on an H100/H200 (the issue): the imagination attention step and the sampler.
+TARGETS = {"attention_step": 5.0, "categorical_sample": 3.0}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder for gpu_report.json")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (implied by --device cpu)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per case (default 200 cuda, 2 cpu)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls first (default 20 cuda, 1 cpu)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The interpreter is chosen when triton is first imported: on for CPU tensors, off on a GPU
+    # (tests/conftest.py turns it on, so a parent pytest may have exported it).
+    os.environ["TRITON_INTERPRET"] = "1" if args.device == "cpu" else "0"
+    small = args.small or args.device == "cpu"
+    repeats = args.repeats or (200 if args.device == "cuda" else 2)
+    warmup = args.warmup or (20 if args.device == "cuda" else 1)
+    report = Report(args.out, args.device, small, repeats, warmup)
+    report.run()
+    return 0 if report.all_ok() else 1
+
+
+class Report:
+    def __init__(self, out: Path, device: str, small: bool, repeats: int, warmup: int):
+        import torch
+
+        self.torch = torch
+        self.out = out
+        self.device = device
+        self.small = small
+        self.repeats = repeats
+        self.warmup = warmup
+        self.dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+        self.rows: list[dict] = []
+        self.sweeps: list[dict] = []
+        self.errors: list[dict] = []
+        self.env = environment(device)
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+    def run(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        for section in (self.attention_step, self.attention_train, self.categorical_sample, self.gae,
+                        self.num_warps_sweep):
+            try:
+                section()
+            except Exception as error:  # one broken kernel must not hide the others' numbers
+                self.errors.append({"section": section.__name__, "error": repr(error),
+                                    "traceback": traceback.format_exc()})
+            self.save()
+        self.print_table()
+
+    def all_ok(self) -> bool:
+        return not self.errors and all(row.get("ok", True) for row in self.rows)
+
+    def save(self):
+        payload = {"environment": self.env, "rows": self.rows, "num_warps_sweep": self.sweeps,
+                   "errors": self.errors, "repeats": self.repeats, "warmup": self.warmup}
+        (self.out / "gpu_report.json").write_text(json.dumps(payload, indent=2, default=str))
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def time_ms(self, fn) -> dict:
+        """Median and min of `repeats` calls, each timed alone (device events on a GPU)."""
+        torch = self.torch
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(self.repeats):
+            if self.device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+    def graph_time_ms(self, fn) -> dict | None:
+        """Median time of replaying a CUDA graph of fn (GPU time without Python); None if not capturable."""
+        torch = self.torch
+        if self.device != "cuda":
+            return None
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            return self.time_ms(graph.replay)
+        except Exception as error:
+            torch.cuda.synchronize()
+            return {"error": repr(error)}
+
+    def add(self, op, shape, dtype, ref_fn, fast_fn, check: dict, graphs=True):
+        ref, fast = self.time_ms(ref_fn), self.time_ms(fast_fn)
+        row = {"op": op, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "check": check,
+               "ok": bool(check.get("ok", True)), "ref": ref, "fast": fast,
+               "speedup": ref["median_ms"] / fast["median_ms"]}
+        if graphs:
+            row["ref_graph"], row["fast_graph"] = self.graph_time_ms(ref_fn), self.graph_time_ms(fast_fn)
+            if row["ref_graph"] and row["fast_graph"] and "median_ms" in row["ref_graph"] \
+                    and "median_ms" in row["fast_graph"]:
+                row["graph_speedup"] = row["ref_graph"]["median_ms"] / row["fast_graph"]["median_ms"]
+        self.rows.append(row)
+
+    @staticmethod
+    def max_error(a, b) -> float:
+        return (a.float() - b.float()).abs().max().item()
+
+    def bound_check(self, fast, ref_lowp, ref_fp32, dtype) -> dict:
+        error = self.max_error(fast, ref_fp32)
+        if dtype == self.torch.float32:
+            scale = max(ref_fp32.abs().max().item(), 1.0)
+            return {"max_error": error, "ok": error <= 1e-4 * scale}
+        ref_error = self.max_error(ref_lowp, ref_fp32)
+        return {"max_error": error, "bf16_ref_error": ref_error, "ok": error <= 2 * ref_error}
+
+    # ---- attention ------------------------------------------------------------------------------------
+    def attention_step(self):
+        from bench_kernels import attention_inputs
+        from twm_fast.kernels.rel_attention import rel_attention_fwd
+
+        from twm_fast.reference import rel_attention_ref
+
+        torch = self.torch
+        scale = 1 / 16
+        for M in ((4,) if self.small else (800, 400)):
+            for dtype in self.dtypes:
+                tensors, dist, allowed = attention_inputs(M, 3, 53, 53, dtype, self.device)
+                out = torch.empty_like(tensors[0])
+                with torch.no_grad():
+                    fast = rel_attention_fwd(*tensors, dist, allowed, scale, out=out).clone()
+                    ref_lowp = rel_attention_ref(*tensors, dist, allowed, scale)
+                    ref_fp32 = rel_attention_ref(*(t.float() for t in tensors), dist, allowed, scale)
+                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
+                self.add("attention_step", f"M={M} T=3 S=53 H=4 D=64", dtype,
+                         lambda: rel_attention_ref(*tensors, dist, allowed, scale),
+                         lambda: rel_attention_fwd(*tensors, dist, allowed, scale, out=out), check)
+
+    def attention_train(self):
+        from bench_kernels import attention_inputs
+        from twm_fast.kernels import rel_attention as kernel
+
+        from twm_fast.reference import rel_attention_ref
+
+        torch = self.torch
+        scale, dropout_p = 1 / 16, 0.1
+        B = 2 if self.small else 100
+        for dtype in self.dtypes:
+            tensors, dist, allowed = attention_inputs(B, 50, 50, 53, dtype, self.device)
+            leaves = [t.clone().requires_grad_() for t in tensors]
+            upstream = torch.randn_like(tensors[0])
+
+            def grads(fn, inputs, grad_out, p=0.0):
+                for t in inputs:
+                    t.grad = None
+                fn(*inputs, dist, allowed, scale, p).backward(grad_out)
+                return [t.grad for t in inputs]
+
+            fp32_leaves = [t.detach().float().requires_grad_() for t in tensors]
+            ref_fp32 = grads(rel_attention_ref, fp32_leaves, upstream.float())
+            ref_lowp = grads(rel_attention_ref, leaves, upstream)
+            fast = grads(kernel.rel_attention, leaves, upstream)
+            names = ("dq", "dk", "dv", "drel_pos", "du", "dv_bias")
+            checks = {name: self.bound_check(a, b, c, dtype)
+                      for name, a, b, c in zip(names, fast, ref_lowp, ref_fp32)}
+            check = {"grads": checks, "ok": all(c["ok"] for c in checks.values())}
+            shape = f"B={B} T=S=50 H=4 D=64 dropout={dropout_p}"
+            with torch.no_grad():
+                self.add("attention_train_fwd", shape, dtype,
+                         lambda: rel_attention_ref(*tensors, dist, allowed, scale, dropout_p),
+                         lambda: kernel.rel_attention(*tensors, dist, allowed, scale, dropout_p),
+                         {"ok": True}, graphs=False)
+            self.add("attention_train_fwd_bwd", shape, dtype,
+                     lambda: grads(rel_attention_ref, leaves, upstream, dropout_p),
+                     lambda: grads(kernel.rel_attention, leaves, upstream, dropout_p), check, graphs=False)
+
+    # ---- sampler and GAE ------------------------------------------------------------------------------
+    def categorical_sample(self):
+        from bench_kernels import sampler_inputs
+        from twm_fast.kernels.categorical import CategoricalSample, categorical_sample_fwd
+
+        from twm_fast.reference import categorical_sample_ref
+
+        torch = self.torch
+        for N in ((64,) if self.small else (12_000, 800)):
+            for dtype in self.dtypes:
+                logits, noise = sampler_inputs(N, dtype, self.device)
+                fast = categorical_sample_fwd(logits, noise, "sample")
+                ref_lowp = categorical_sample_ref(logits, noise, "sample")
+                ref_fp32 = categorical_sample_ref(logits.float(), noise, "sample")
+                mismatches = int((fast[0] != ref_lowp[0]).any(-1).sum().item())
+                checks = {name: self.bound_check(a, b, c, dtype)
+                          for name, a, b, c in zip(("probs", "log_probs", "entropy"), fast[1:], ref_lowp[1:],
+                                                   ref_fp32[1:])}
+                check = {"onehot_mismatches": mismatches, **checks,
+                         "ok": mismatches == 0 and all(c["ok"] for c in checks.values())}
+                out = tuple(torch.empty_like(t) for t in fast)
+                shape = f"N={N} V=32 C=32"
+                self.add("categorical_sample", shape, dtype,
+                         lambda: categorical_sample_ref(logits, noise, "sample"),
+                         lambda: categorical_sample_fwd(logits, noise, "sample", out=out), check)
+                leaf = logits.clone().requires_grad_()
+                upstream = torch.randn_like(logits)
+
+                def straight_through(fn):
+                    leaf.grad = None
+                    onehot, _, _, entropy = fn(leaf, noise, "straight_through")
+                    ((onehot * upstream).sum() + entropy.sum()).backward()
+
+                self.add("categorical_straight_through_fwd_bwd", shape, dtype,
+                         lambda: straight_through(categorical_sample_ref),
+                         lambda: straight_through(CategoricalSample.apply), {"ok": True}, graphs=False)
+
+    def gae(self):
+        from bench_kernels import rollout_inputs
+        from twm_fast.kernels.gae import gae_fwd
+
+        from twm_fast.reference import gae_ref
+
+        torch = self.torch
+        N = 37 if self.small else 800
+        for dtype in self.dtypes:
+            rewards, discounts, values = rollout_inputs(N, 15, dtype, self.device)
+            fast = gae_fwd(rewards, discounts, values, 0.95)
+            ref_fp32 = gae_ref(rewards.float(), discounts.float(), values.float(), 0.95)
+            check = self.bound_check(fast, gae_ref(rewards, discounts, values, 0.95), ref_fp32, dtype)
+            out = torch.empty_like(fast)
+            self.add("gae", f"N={N} H=15", dtype, lambda: gae_ref(rewards, discounts, values, 0.95),
+                     lambda: gae_fwd(rewards, discounts, values, 0.95, out=out), check)
+
+    # ---- tuning data ----------------------------------------------------------------------------------
+    def num_warps_sweep(self):
+        """Kernel time per num_warps (the constants in kernels/rel_attention.py were set without a GPU)."""
+        from bench_kernels import attention_inputs
+        from twm_fast.kernels.rel_attention import rel_attention_bwd, rel_attention_fwd
+
+        if self.device != "cuda":
+            return
+        torch = self.torch
+        for dtype in self.dtypes:
+            step, dist, allowed = attention_inputs(800, 3, 53, 53, dtype, self.device)
+            train, tdist, tallowed = attention_inputs(100, 50, 50, 53, dtype, self.device)
+            upstream = torch.randn_like(train[0])
+            seed = torch.tensor([1], device="cuda")
+            step_args = (*step, dist, allowed, 1 / 16)
+            train_args = (*train, tdist, tallowed, 1 / 16, 0.1, seed)
+            for warps in (2, 4, 8):
+                cases = {
+                    "step_fwd M=800 (4 queries/program, CUDA cores)":
+                        lambda w=warps: rel_attention_fwd(*step_args, num_warps=w),
+                    "step_fwd M=800 (16 queries/program, tensor cores)":
+                        lambda w=warps: rel_attention_fwd(*step_args, num_warps=w, query_block=16),
+                    "train_fwd B=100 (16 queries/program)":
+                        lambda w=warps: rel_attention_fwd(*train_args, num_warps=w),
+                    "train_fwd B=100 (64 queries/program)":
+                        lambda w=warps: rel_attention_fwd(*train_args, num_warps=w, query_block=64),
+                    "train_bwd B=100":
+                        lambda w=warps: rel_attention_bwd(upstream, *train_args, num_warps=w),
+                }
+                for name, fn in cases.items():
+                    try:
+                        timing = self.time_ms(fn)
+                    except Exception as error:
+                        torch.cuda.synchronize()
+                        timing = {"error": repr(error)}
+                    self.sweeps.append({"case": name, "dtype": str(dtype).replace("torch.", ""),
+                                        "num_warps": warps, **timing})
+
+    # ---- output ---------------------------------------------------------------------------------------
+    def print_table(self):
+        env = self.env
+        print(f"\n{env['device_name']} | torch {env['torch']} | triton {env['triton']} | "
+              f"commit {env['commit']}{' (dirty)' if env.get('dirty') else ''} | "
+              f"median of {self.repeats} after {self.warmup} warm-up")
+        for sweep in self.sweeps_best():
+            print(f"best num_warps: {sweep}")
+        for error in self.errors:
+            print(f"ERROR in {error['section']}: {error['error']}")
+        header = f"{'op':<38} {'shape':<34} {'dtype':<8} {'ref ms':>8} {'fast ms':>8} {'speedup':>8} " \
+                 f"{'graph x':>8} {'target':>7} check"
+        print(header)
+        print("-" * len(header))
+        for row in self.rows:
+            target = TARGETS.get(row["op"]) if self.device == "cuda" else None  # targets are for an H100/H200
+            target_text = "" if target is None else \
+                ("ok" if row["speedup"] >= target else "MISS") + f" {target:g}x"
+            graph = f"{row['graph_speedup']:.1f}x" if "graph_speedup" in row else "-"
+            check = "ok" if row["ok"] else "FAIL"
+            details = row["check"].get("max_error")
+            if details is not None:
+                check += f" err {details:.1e}"
+            print(f"{row['op']:<38} {row['shape']:<34} {row['dtype']:<8} {row['ref']['median_ms']:>8.3f} "
+                  f"{row['fast']['median_ms']:>8.3f} {row['speedup']:>7.1f}x {graph:>8} {target_text:>7} "
+                  f"{check}")
+        verdict = "ALL CHECKS PASSED" if self.all_ok() else "SOME CHECKS FAILED"
+        print(f"{verdict}; details in {self.out / 'gpu_report.json'}")
+
+    def sweeps_best(self):
+        best = {}
+        for sweep in self.sweeps:
+            if "median_ms" not in sweep:
+                continue
+            key = (sweep["case"], sweep["dtype"])
+            if key not in best or sweep["median_ms"] < best[key]["median_ms"]:
+                best[key] = sweep
+        return [f"{case} {dtype}: {s['num_warps']} ({s['median_ms']:.3f} ms)"
+                for (case, dtype), s in best.items()]
+
+
+def environment(device: str) -> dict:
+    import torch
+    import triton
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    env = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+        # The device machine gets a copy of the working tree without .git: pass TWM_COMMIT there.
+        "commit": os.environ.get("TWM_COMMIT") or git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain")),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
+                   memory_gib=round(props.total_memory / 2**30, 1))
+    return env
+
+
+if __name__ == "__main__":
+    sys.exit(main())

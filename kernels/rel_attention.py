@@ -1,0 +1,491 @@
+"""Relative-position (Transformer-XL) attention in one Triton kernel, forward and backward.
+
+The twin is `twm_fast.reference.attention.rel_attention_ref`; SPEC 3 fixes the score
+
+    s(i, j) = ((q_i + u) . k_j + (q_i + v) . rel_pos[dist(i, j)]) * scale
+
+over the keys that `allowed` lets query i see, then a softmax and the weighted sum of the values.
+
+One program owns one (trajectory, head) and a block of queries, and holds all its keys in one tile
+(53 in the imagination cache, 50 in the training window). The position term needs, per query i
+and key j, the row dist(i, j) of rel_pos: the program computes the (queries x distances) table
+P = (q + v) rel_pos^T once (as Transformer-XL does before its "relative shift"), writes it to a
+small scratch buffer, and reads P[i, dist(i, j)] back with a gathered load. A register gather
+(`tl.gather`) would avoid the scratch, but the Triton compiler asserts on gathers from tiles this
+small when several warps share them (triton-lang/triton#5836, #11600); the scratch row is 256
+bytes per query, written and read back by the same program (through L1).
+
+Dropout on the attention probabilities (training) draws its keep-mask from a Philox stream keyed
+by a seed tensor and the element's index, so the backward regenerates the same mask and a CUDA
+graph draws a fresh one on every replay (the seed is a device tensor, drawn without a host sync).
+
+The training path (forward + backward over the 50-token window) is registered for `auto` on the
+expectation that one kernel each way beats the reference's ~10 forward and ~25 backward launches
+(and its sort-based scatter of rel_pos[dist]'s gradient); benches/gpu_report.py measures it (rows
+attention_train_*). Should it lose there, `rel_attention_unsupported` is the place to send the
+differentiable calls back to the reference.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# One tile of keys per (trajectory, head): the imagination cache holds 16 * 3 + 2 + 3 = 53 keys and
+# the training window 50 tokens (SPEC 3), so 64 covers both. Longer inputs go to the reference.
+MAX_KEYS = 64
+# The backward keeps every query of a (trajectory, head) in one tile too, so that dK and dV need no
+# atomics: 50 tokens in training.
+MAX_QUERIES_BACKWARD = 64
+# Rows of rel_pos (distances 0 .. R-1) in one tile: distances reach 52 in the imagination cache.
+MAX_DISTANCES = 64
+# SPEC 3: 4 heads of 64.
+MAX_HEAD_DIM = 64
+# tl.dot needs each dimension to be at least 16.
+MIN_DOT_SIZE = 16
+# Up to this many queries per program the products run on CUDA cores (broadcast, multiply, sum):
+# an imagination step has 3 new tokens, and a tensor-core tile would pad them to 16 rows, so
+# 13/16 of its work would be wasted in a kernel that is bound by reading the K/V cache anyway.
+FMA_MAX_QUERIES = 4
+# Queries per program on the tensor-core path (training: 50 queries -> 4 programs per
+# (trajectory, head), 1,600 programs for B = 100, enough to fill 132 SMs).
+QUERY_BLOCK = 16
+# Warps per program. 4 suit the 4 x 64 x 64 broadcast products of an imagination step; the
+# backward holds about ten 64 x 64 fp32 tiles at once, so it gets 8 to keep them in registers.
+FWD_NUM_WARPS = 4
+BWD_NUM_WARPS = 8
+# Philox offsets are int32: (trajectory, head, query, key) must index below 2**31.
+MAX_DROPOUT_ELEMENTS = 2**31 - 1
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _mm_nt(a, b, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """a (M, K) times b (N, K) transposed -> (M, N) in fp32."""
+    if USE_DOT:
+        if IEEE:
+            out = tl.dot(a, tl.trans(b), input_precision="ieee")
+        else:
+            out = tl.dot(a, tl.trans(b))
+    else:
+        out = tl.sum(a.to(tl.float32)[:, None, :] * b.to(tl.float32)[None, :, :], axis=2)
+    return out
+
+
+@triton.jit
+def _mm_nn(a, b, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """a (M, K) times b (K, N) -> (M, N) in fp32."""
+    if USE_DOT:
+        if IEEE:
+            out = tl.dot(a, b, input_precision="ieee")
+        else:
+            out = tl.dot(a, b)
+    else:
+        out = tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    return out
+
+
+@triton.jit
+def _mm_tn(a, b, IEEE: tl.constexpr):
+    """a (K, M) transposed times b (K, N) -> (M, N) in fp32 (backward only, always tl.dot)."""
+    if IEEE:
+        out = tl.dot(tl.trans(a), b, input_precision="ieee")
+    else:
+        out = tl.dot(tl.trans(a), b)
+    return out
+
+
+@triton.jit
+def _attention_probs(
+    q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr, offs_t, offs_s, offs_r, t_ok, s_ok,
+    b, R, scale,
+    stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
+    BLOCK_R: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Softmax of the masked relative-position scores of one block of queries: (BLOCK_T, BLOCK_S).
+
+    Also returns q + u, the content query the backward needs for dK.
+    """
+    query_content = q + u[None, :]  # (BLOCK_T, BLOCK_D)
+    content = _mm_nt(query_content.to(k.dtype), k, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_S)
+    # P[i, r] = (q_i + v) . rel_pos[r]: every distance at once, then one gathered read per key.
+    by_distance = _mm_nt((q + w[None, :]).to(k.dtype), rel, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_R)
+    pos_rows = pos_ptr + offs_t[:, None] * BLOCK_R
+    tl.store(pos_rows + offs_r[None, :], by_distance)
+    # Make the scratch row written by every thread of the program visible to the others.
+    tl.debug_barrier()
+    ts_ok = t_ok[:, None] & s_ok[None, :]
+    dist = tl.load(dist_ptr + b * stride_db + offs_t[:, None] * stride_dt + offs_s[None, :] * stride_ds,
+                   mask=ts_ok, other=0)
+    # As the reference: distances are clamped into the table (masked keys may carry any value).
+    dist = tl.minimum(tl.maximum(dist, 0), R - 1).to(tl.int32)
+    position = tl.load(pos_rows + dist)  # (BLOCK_T, BLOCK_S)
+    allowed = tl.load(allowed_ptr + b * stride_ab + offs_t[:, None] * stride_at + offs_s[None, :] * stride_as,
+                      mask=ts_ok, other=0)
+    allowed = (allowed != 0) & ts_ok
+    scores = tl.where(allowed, (content + position) * scale, float("-inf"))
+    row_max = tl.max(scores, axis=1)
+    # A row with no visible key (only padding rows, in our use) gets zero weights, not NaN.
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    probs = tl.exp(scores - row_max[:, None])
+    denom = tl.sum(probs, axis=1)
+    probs = probs / tl.where(denom == 0.0, 1.0, denom)[:, None]
+    return probs, query_content
+
+
+@triton.jit
+def _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p):
+    """Keep-mask of dropout for one block: a Philox draw per (trajectory, head, query, key)."""
+    seed = tl.load(seed_ptr)
+    element = (pid_bh * T + offs_t[:, None]) * S + offs_s[None, :]
+    return tl.rand(seed, element) >= dropout_p
+
+
+@triton.jit
+def _rel_attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, out_ptr,
+    T, S, R, H, T_PAD, scale, dropout_p,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_rr, stride_rh, stride_uh, stride_wh,
+    stride_db, stride_dt, stride_ds,
+    stride_ab, stride_at, stride_as,
+    stride_ob, stride_ot, stride_oh,
+    D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    s_ok = offs_s < S
+    d_ok = offs_d < D
+
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
+                mask=t_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # (BLOCK_T, BLOCK_D)
+    u = tl.load(u_ptr + h * stride_uh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + h * stride_wh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
+                mask=s_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_D)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
+                mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    rel = tl.load(rel_ptr + h * stride_rh + offs_r[:, None] * stride_rr + offs_d[None, :],
+                  mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)  # (BLOCK_R, BLOCK_D)
+
+    probs, _ = _attention_probs(
+        q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R,
+        offs_t, offs_s, offs_r, t_ok, s_ok, b, R, scale,
+        stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
+        BLOCK_R, USE_DOT, IEEE)
+    if DROPOUT:
+        keep = _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p)
+        probs = tl.where(keep, probs / (1.0 - dropout_p), 0.0)
+    out = _mm_nn(probs.to(v.dtype), v, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_D)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_t[:, None] * stride_ot + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _rel_attention_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, dout_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dpos_ptr,
+    T, S, R, H, scale, dropout_p,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_rr, stride_rh, stride_uh, stride_wh,
+    stride_db, stride_dt, stride_ds,
+    stride_ab, stride_at, stride_as,
+    stride_gb, stride_gt, stride_gh,
+    D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    """One program per (trajectory, head), all its queries and keys in one tile.
+
+    Writes dq of the content term (fp32), dk, dv, and the gradient of the position table
+    dP[i, r] = sum over keys j with dist(i, j) = r of dscore(i, j), accumulated with atomics since
+    several keys may share a distance; the caller turns dP into the gradients of q, rel_pos and v.
+    """
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    s_ok = offs_s < S
+    d_ok = offs_d < D
+    td_ok = t_ok[:, None] & d_ok[None, :]
+    sd_ok = s_ok[:, None] & d_ok[None, :]
+
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
+                mask=td_ok, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + h * stride_uh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + h * stride_wh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
+                mask=sd_ok, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
+                mask=sd_ok, other=0.0)
+    rel = tl.load(rel_ptr + h * stride_rh + offs_r[:, None] * stride_rr + offs_d[None, :],
+                  mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)
+    dout = tl.load(dout_ptr + b * stride_gb + h * stride_gh + offs_t[:, None] * stride_gt + offs_d[None, :],
+                   mask=td_ok, other=0.0).to(k.dtype)  # (BLOCK_T, BLOCK_D)
+
+    probs, query_content = _attention_probs(
+        q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * BLOCK_T * BLOCK_R,
+        offs_t, offs_s, offs_r, t_ok, s_ok, b, R, scale,
+        stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
+        BLOCK_R, True, IEEE)
+    if DROPOUT:
+        keep = _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p)
+        dropped = tl.where(keep, probs / (1.0 - dropout_p), 0.0)
+    else:
+        dropped = probs
+    dv = _mm_tn(dropped.to(k.dtype), dout, IEEE)  # (BLOCK_S, BLOCK_D)
+    ddropped = _mm_nt(dout, v, True, IEEE)  # (BLOCK_T, BLOCK_S)
+    # Softmax backward; with dropout sum_j dP'_ij P'_ij = dout_i . out_i = sum_j dP_ij P_ij.
+    delta = tl.sum(ddropped * dropped, axis=1)
+    if DROPOUT:
+        dprobs = tl.where(keep, ddropped / (1.0 - dropout_p), 0.0)
+    else:
+        dprobs = ddropped
+    dscore = probs * (dprobs - delta[:, None]) * scale       # d loss / d (content + position)
+    dq = _mm_nn(dscore.to(k.dtype), k, True, IEEE)  # (BLOCK_T, BLOCK_D)
+    dk = _mm_tn(dscore.to(k.dtype), query_content.to(k.dtype), IEEE)  # (BLOCK_S, BLOCK_D)
+
+    ts_ok = t_ok[:, None] & s_ok[None, :]
+    dist = tl.load(dist_ptr + b * stride_db + offs_t[:, None] * stride_dt + offs_s[None, :] * stride_ds,
+                   mask=ts_ok, other=0)
+    dist = tl.minimum(tl.maximum(dist, 0), R - 1).to(tl.int32)
+    tl.atomic_add(dpos_ptr + pid_bh.to(tl.int64) * T * R + offs_t[:, None] * R + dist, dscore,
+                  mask=ts_ok, sem="relaxed")
+    tl.store(dq_ptr + ((b * T + offs_t[:, None]) * H + h) * D + offs_d[None, :], dq, mask=td_ok)
+    kv_offs = ((b * S + offs_s[:, None]) * H + h) * D + offs_d[None, :]
+    tl.store(dk_ptr + kv_offs, dk.to(dk_ptr.dtype.element_ty), mask=sd_ok)
+    tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=sd_ok)
+
+
+def _block(n: int) -> int:
+    return max(triton.next_power_of_2(n), MIN_DOT_SIZE)
+
+
+def _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, T, H, D), (B, S, H, D), (B, S, H, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    if k.shape != (B, S, H, D) or v.shape != (B, S, H, D):
+        raise ValueError(f"k and v must be (B={B}, S, H={H}, D={D}) alike; got {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if rel_pos.dim() != 3 or rel_pos.shape[1:] != (H, D):
+        raise ValueError(f"rel_pos must be (R, H={H}, D={D}); got {tuple(rel_pos.shape)}")
+    for name, bias in (("u_bias", u_bias), ("v_bias", v_bias)):
+        if bias.shape != (H, D):
+            raise ValueError(f"{name} must be (H={H}, D={D}); got {tuple(bias.shape)}")
+    if dist.shape not in ((T, S), (B, T, S)):
+        raise ValueError(f"dist must be (T={T}, S={S}) or (B={B}, T, S); got {tuple(dist.shape)}")
+    if dist.dtype.is_floating_point or dist.dtype == torch.bool:
+        raise ValueError(f"dist must be an integer tensor; got {dist.dtype}")
+    if allowed.shape != (B, T, S) or allowed.dtype != torch.bool:
+        raise ValueError(f"allowed must be a bool (B={B}, T={T}, S={S}) tensor; got {allowed.dtype} "
+                         f"{tuple(allowed.shape)}")
+    if q.dtype not in _FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one of {_FLOAT_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, t in (("rel_pos", rel_pos), ("u_bias", u_bias), ("v_bias", v_bias)):
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name} must be floating point; got {t.dtype}")
+    devices = {t.device for t in (q, k, v, rel_pos, u_bias, v_bias, dist, allowed)}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device; got {sorted(map(str, devices))}")
+    named = (("q", q), ("k", k), ("v", v), ("rel_pos", rel_pos), ("u_bias", u_bias), ("v_bias", v_bias))
+    for name, t in named:
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last (head_dim) dimension; got strides "
+                             f"{t.stride()}")
+    if S > MAX_KEYS or rel_pos.shape[0] > MAX_DISTANCES or D > MAX_HEAD_DIM:
+        raise ValueError(f"the kernel holds one tile of at most {MAX_KEYS} keys, {MAX_DISTANCES} distances "
+                         f"and head_dim {MAX_HEAD_DIM}; got S={S}, R={rel_pos.shape[0]}, D={D}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    if dropout_p > 0 and B * H * T * S > MAX_DROPOUT_ELEMENTS:
+        raise ValueError(f"dropout indexes B*H*T*S = {B * H * T * S} elements with int32; at most "
+                         f"{MAX_DROPOUT_ELEMENTS}")
+
+
+def _dist_strides(dist):
+    return (0, *dist.stride()) if dist.dim() == 2 else dist.stride()
+
+
+def _seed_arg(seed, dropout_p, dist):
+    if dropout_p == 0:
+        return dist  # any integer pointer: the kernel reads the seed only when DROPOUT is on
+    if seed is None or seed.numel() != 1 or seed.dtype != torch.int64 or seed.device != dist.device:
+        raise ValueError("dropout_p > 0 needs seed: a one-element int64 tensor on the inputs' device")
+    return seed
+
+
+def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0, seed=None,
+                      out=None, num_warps=None, query_block=None):
+    """Forward of relative-position attention (no autograd). See `rel_attention` for the shapes.
+
+    seed: (1,) int64 tensor keying the dropout mask; needed only when dropout_p > 0.
+    out: optional (B, T, H, D) output of q's dtype to write into (its last dimension contiguous).
+    num_warps, query_block: tuning overrides (queries per program, a power of two; from 16 up the
+        products run on tensor cores), swept by benches/gpu_report.py.
+    """
+    _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p)
+    B, T, H, D = q.shape
+    S, R = k.shape[1], rel_pos.shape[0]
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {q.dtype} {tuple(q.shape)} tensor on {q.device} with a contiguous "
+                         f"last dimension; got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
+    if query_block is None:
+        query_block = triton.next_power_of_2(T) if T <= FMA_MAX_QUERIES else QUERY_BLOCK
+    if query_block != triton.next_power_of_2(query_block):
+        raise ValueError(f"query_block must be a power of two; got {query_block}")
+    block_t, use_dot = query_block, query_block >= MIN_DOT_SIZE
+    n_t_blocks = triton.cdiv(T, block_t)
+    block_s, block_r, block_d = _block(S), _block(R), _block(D)
+    position_scratch = torch.empty(B * H * n_t_blocks * block_t * block_r, dtype=torch.float32,
+                                   device=q.device)
+    seed = _seed_arg(seed, dropout_p, dist)
+    _rel_attention_fwd_kernel[(B * H, n_t_blocks)](
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position_scratch, out,
+        T, S, R, H, n_t_blocks * block_t, float(scale), float(dropout_p),
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        rel_pos.stride(0), rel_pos.stride(1), u_bias.stride(0), v_bias.stride(0),
+        *_dist_strides(dist), *allowed.stride(),
+        out.stride(0), out.stride(1), out.stride(2),
+        D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
+        USE_DOT=use_dot, IEEE=q.dtype == torch.float32, DROPOUT=dropout_p > 0,
+        num_warps=num_warps or FWD_NUM_WARPS,
+    )
+    return out
+
+
+def rel_attention_bwd(grad_out, q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0,
+                      seed=None, num_warps=None):
+    """Gradients of `rel_attention_fwd` for the upstream gradient grad_out (B, T, H, D).
+
+    Returns dq, dk, dv, drel_pos, du_bias, dv_bias in the dtypes of their inputs. The same seed as
+    the forward reproduces its dropout mask.
+    """
+    _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p)
+    B, T, H, D = q.shape
+    S, R = k.shape[1], rel_pos.shape[0]
+    if T > MAX_QUERIES_BACKWARD:
+        raise ValueError(f"the backward holds one tile of at most {MAX_QUERIES_BACKWARD} queries; got T={T}")
+    if grad_out.shape != q.shape or grad_out.stride(-1) != 1:
+        raise ValueError(f"grad_out must be {tuple(q.shape)} with a contiguous last dimension; got "
+                         f"{tuple(grad_out.shape)} strides {grad_out.stride()}")
+    block_t, block_s, block_r, block_d = _block(T), _block(S), _block(R), _block(D)
+    position_scratch = torch.empty(B * H * block_t * block_r, dtype=torch.float32, device=q.device)
+    dq_content = torch.empty(B, T, H, D, dtype=torch.float32, device=q.device)
+    dk = torch.empty(B, S, H, D, dtype=k.dtype, device=q.device)
+    dv = torch.empty(B, S, H, D, dtype=v.dtype, device=q.device)
+    dposition = torch.zeros(B, H, T, R, dtype=torch.float32, device=q.device)
+    seed = _seed_arg(seed, dropout_p, dist)
+    _rel_attention_bwd_kernel[(B * H,)](
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position_scratch, grad_out,
+        dq_content, dk, dv, dposition,
+        T, S, R, H, float(scale), float(dropout_p),
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        rel_pos.stride(0), rel_pos.stride(1), u_bias.stride(0), v_bias.stride(0),
+        *_dist_strides(dist), *allowed.stride(),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
+        IEEE=q.dtype == torch.float32, DROPOUT=dropout_p > 0,
+        num_warps=num_warps or BWD_NUM_WARPS,
+    )
+    # The position term (q_i + v) . rel_pos[r] is a small GEMM per head: two more GEMMs give its gradients.
+    dq_position = torch.einsum("bhtr,rhd->bthd", dposition, rel_pos.float())          # (B, T, H, D)
+    drel = torch.einsum("bhtr,bthd->rhd", dposition, q.float() + v_bias.float())      # (R, H, D)
+    dq = (dq_content + dq_position).to(q.dtype)
+    return (dq, dk, dv, drel.to(rel_pos.dtype), dq_content.sum((0, 1)).to(u_bias.dtype),
+            dq_position.sum((0, 1)).to(v_bias.dtype))
+
+
+class RelAttention(torch.autograd.Function):
+    """Relative-position attention with gradients for q, k, v, rel_pos, u_bias and v_bias."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed):
+        out = rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed)
+        ctx.scale, ctx.dropout_p = scale, dropout_p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed = ctx.saved_tensors
+        grads = rel_attention_bwd(grad_out.contiguous(), q, k, v, rel_pos, u_bias, v_bias, dist, allowed,
+                                  ctx.scale, ctx.dropout_p, seed)
+        grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)]
+        return (*grads, None, None, None, None, None)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0):
+    """Relative-position multi-head attention, the fast twin of `rel_attention_ref`.
+
+    Args:
+        q: (B, T, H, D) queries; k, v: (B, S, H, D) keys and values (any strides with a contiguous
+            head_dim, e.g. views of a fused qkv projection or of a (B, S, H, D) K/V cache).
+        rel_pos: (R, H, D) projected relative encodings, row d for distance d.
+        u_bias, v_bias: (H, D) content and position biases.
+        dist: (T, S) or (B, T, S) integer distances, clamped to [0, R - 1].
+        allowed: (B, T, S) bool, True where query i may see key j.
+        scale: multiplies the scores.
+        dropout_p: dropout on the attention probabilities; the mask is drawn from a seed taken from
+            torch's generator on q's device, so it differs from the reference's mask (same law).
+    Returns:
+        (B, T, H, D) in q's dtype. Differentiable (q, k, v, rel_pos, u_bias, v_bias) when T <= 64.
+    """
+    # A head_dim with a stride (rare: a transposed view) is copied once; every other layout is read in place.
+    q, k, v, rel_pos, u_bias, v_bias = (t if t.stride(-1) == 1 else t.contiguous()
+                                        for t in (q, k, v, rel_pos, u_bias, v_bias))
+    seed = None
+    if dropout_p > 0:
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=q.device)
+    if _needs_grad(q, k, v, rel_pos, u_bias, v_bias):
+        return RelAttention.apply(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed)
+    return rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed)
+
+
+def rel_attention_unsupported(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0):
+    """Why the kernel cannot run these (valid) arguments, or None when it can."""
+    T, S, D = q.shape[1], k.shape[1], q.shape[-1]
+    if S > MAX_KEYS:
+        return f"{S} keys exceed the kernel's one tile of {MAX_KEYS}"
+    if rel_pos.shape[0] > MAX_DISTANCES:
+        return f"{rel_pos.shape[0]} relative distances exceed the kernel's tile of {MAX_DISTANCES}"
+    if D > MAX_HEAD_DIM:
+        return f"head_dim {D} exceeds {MAX_HEAD_DIM}"
+    if T > MAX_QUERIES_BACKWARD and _needs_grad(q, k, v, rel_pos, u_bias, v_bias):
+        return f"the backward holds at most {MAX_QUERIES_BACKWARD} queries; got {T}"
+    if q.dtype not in _FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q, k, v must share one of {_FLOAT_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
+    if any(t.dtype not in _FLOAT_DTYPES for t in (rel_pos, u_bias, v_bias)):
+        return f"rel_pos, u_bias, v_bias must be among {_FLOAT_DTYPES}"
+    if q.device.type != "cuda" and torch.bfloat16 in (q.dtype, rel_pos.dtype, u_bias.dtype, v_bias.dtype):
+        return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
+    if dropout_p > 0 and q.shape[0] * q.shape[2] * T * S > MAX_DROPOUT_ELEMENTS:
+        return "dropout offsets would overflow int32"
+    return None
