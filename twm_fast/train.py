@@ -225,12 +225,10 @@ class Trainer:
         om = self.agent.obs_model.eval()
         return torch.cat([om.encode(chunk) for chunk in obs.split(512)])
 
-    def _uniform_windows(self, num_steps: int, length: int, batch: int):
-        """Uniform windows (published generate_uniform_indices): starts with stride `length` from a
-        random offset, shuffled, in batches; each yields (B, length + 1) step indices [context, window]."""
-        offset = random.randrange(length)
-        starts = torch.arange(offset, num_steps - length, length)
-        starts = starts[torch.randperm(len(starts))]
+    def _uniform_windows(self, length: int, batch: int):
+        """Uniform windows for pretraining (the replay's uniform_starts: stride `length` from a random
+        offset, shuffled), in batches of (B, length + 1) step indices [context, window]."""
+        starts = torch.as_tensor(self.replay.uniform_starts(length))
         for chunk in starts.split(batch):
             yield chunk[:, None] + torch.arange(-1, length)[None]
 
@@ -244,7 +242,7 @@ class Trainer:
         bar = self._bar(total, "pretrain dynamics", self.counters["phase_updates"], "update")
         L = c.wm_sequence_length
         while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(len(data["actions"]), L, c.wm_batch_size):
+            for steps in self._uniform_windows(L, c.wm_batch_size):
                 steps = steps.to(self.device)
                 context = steps.clamp_min(0)                                           # step 0 repeats for s = 0
                 z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
@@ -269,7 +267,7 @@ class Trainer:
         H = c.imagine_horizon
         bar = self._bar(total, "pretrain actor-critic", self.counters["phase_updates"], "update")
         while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(len(data["actions"]), H, c.imagine_batch_size):
+            for steps in self._uniform_windows(H, c.imagine_batch_size):
                 steps = steps[:, 1:].to(self.device)                                   # (N, H) steps s..s+H-1
                 obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)               # (N, H+1)
                 z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
