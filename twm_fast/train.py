@@ -29,6 +29,8 @@ from twm_fast.replay import make_replay
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
 PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "done")
+# Metrics of the main loop are averaged over this many training steps per record.
+LOG_EVERY_TRAIN_STEPS = 50
 # A CPU run whose estimate exceeds this many hours is refused unless --allow-slow is given.
 CPU_REFUSE_HOURS = 12.0
 
@@ -295,6 +297,7 @@ class Trainer:
         bar = self._bar(c.env_steps, "train", self.counters["env_steps"], "env step")
         started, start_steps = time.perf_counter(), self.counters["train_steps"]
         last_ckpt = self.counters["env_steps"]
+        last_log = start_steps
         while self.counters["env_steps"] < c.env_steps:
             if self.counters["env_steps"] - max(self.counters["last_eval"], 0) >= c.eval_every:
                 result = self.evaluate_and_draw(c.eval_episodes)
@@ -304,7 +307,8 @@ class Trainer:
             due = (self.counters["env_steps"] - c.prefill_steps) * total_train // remaining
             while self.counters["train_steps"] < due:
                 self.train_step()
-            if self.counters["train_steps"] % 50 == 0 and self.counters["train_steps"] > start_steps:
+            if self.counters["train_steps"] - last_log >= LOG_EVERY_TRAIN_STEPS:
+                last_log = self.counters["train_steps"]
                 rate = (self.counters["train_steps"] - start_steps) / (time.perf_counter() - started)
                 means = self.log.flush(self.counters["env_steps"], phase="main",
                                        train_steps=self.counters["train_steps"], train_steps_per_s=rate)
