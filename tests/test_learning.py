@@ -13,8 +13,9 @@ from twm_fast.envs.catch import CATCH_RANDOM_SCORE
 def test_quick_preset_learns_catch(tmp_path):
     run = tmp_path / "run"
     started = time.perf_counter()
+    # cwd outside the source tree: `python -m` must import the installed package.
     proc = subprocess.run([sys.executable, "-m", "twm_fast.train", "--preset", "quick", "--out", str(run),
-                           "--no-progress"], capture_output=True, text=True, timeout=900)
+                           "--no-progress"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     minutes = (time.perf_counter() - started) / 60
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = json.loads((run / "scores.json").read_text())

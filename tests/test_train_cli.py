@@ -1,6 +1,7 @@
 """Smoke tests of the real command line, run as subprocesses with a tiny budget (cleanrl's style)."""
 import json
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -16,8 +17,11 @@ TINY = ["env_steps=400", "prefill_steps=200", "pretrain_budget=3000", "total_bud
         "checkpoint_every=100", "pretrain_obs_batch_size=64"]
 
 
-def run_cli(*args, module="twm_fast.train", check=True):
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
+def run_cli(*args, module="twm_fast.train", check=True, cwd=None):
+    # Run outside the source tree, so that `python -m` imports the installed package (with its
+    # compiled replay core and twm_fast.kernels), not the checkout's twm_fast/ directory.
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd or tempfile.gettempdir())
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
