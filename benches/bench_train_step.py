@@ -15,7 +15,7 @@ import torch
 from twm_fast.agent.agent import Agent
 from twm_fast.config import make_config
 from twm_fast.imagination.rollout import ImaginationStart
-from twm_fast.testing import random_z
+from twm_fast.testing import random_batch, random_z
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -25,15 +25,6 @@ def quick_agent():
     torch.manual_seed(0)
     config = make_config("quick")
     return config, Agent(config, num_actions=3)
-
-
-def random_batch(config, num_actions=3):
-    B, L = config.wm_batch_size, config.wm_sequence_length
-    return {"obs": torch.randint(0, 256, (B, L + 2, 4, 64, 64), dtype=torch.uint8),
-            "actions": torch.randint(0, num_actions, (B, L + 1)),
-            "rewards": torch.randn(B, L + 1).tanh(),
-            "terminated": torch.rand(B, L + 1) < 0.05,
-            "truncated": torch.zeros(B, L + 1, dtype=torch.bool)}
 
 
 @pytest.mark.benchmark(group="train_step")

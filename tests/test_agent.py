@@ -3,16 +3,7 @@ import torch
 
 from twm_fast.agent.agent import Agent
 from twm_fast.imagination.rollout import ImaginationStart, imagine
-from twm_fast.testing import random_z, tiny_config
-
-
-def random_batch(config, num_actions=3):
-    B, L = config.wm_batch_size, config.wm_sequence_length
-    return {"obs": torch.randint(0, 256, (B, L + 2, 4, 64, 64), dtype=torch.uint8),
-            "actions": torch.randint(0, num_actions, (B, L + 1)),
-            "rewards": torch.randn(B, L + 1).tanh(),
-            "terminated": torch.rand(B, L + 1) < 0.1,
-            "truncated": torch.rand(B, L + 1) < 0.05}
+from twm_fast.testing import random_batch, random_z, tiny_config
 
 
 def test_world_model_update_shapes_and_detached_dynamics():

@@ -22,3 +22,14 @@ def random_z(batch: int, steps: int, config: Config) -> torch.Tensor:
     """Random one-hot latents (batch, steps, z_dim)."""
     idx = torch.randint(0, config.z_categories, (batch, steps, config.z_categoricals))
     return F.one_hot(idx, config.z_categories).float().flatten(2)
+
+
+def random_batch(config: Config, num_actions: int = 3) -> dict[str, torch.Tensor]:
+    """A random replay batch as the trainer reads it: obs (B, L+2, 4, 64, 64) uint8 [context, window,
+    next]; actions, rewards, terminated, truncated (B, L+1) [context, window]."""
+    B, L = config.wm_batch_size, config.wm_sequence_length
+    return {"obs": torch.randint(0, 256, (B, L + 2, 4, 64, 64), dtype=torch.uint8),
+            "actions": torch.randint(0, num_actions, (B, L + 1)),
+            "rewards": torch.randn(B, L + 1).tanh(),
+            "terminated": torch.rand(B, L + 1) < 0.1,
+            "truncated": torch.rand(B, L + 1) < 0.05}
