@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from twm_fast.config import Config, make_config
-from twm_fast.replay import make_replay
+from twm_fast.replay import replay_class
 
 # Catch with the quick preset shrunk further: 200 prefill steps, 200 collected, 40 training steps.
 TINY = ["env_steps=400", "prefill_steps=200", "pretrain_budget=3000", "total_budget=14520",
@@ -34,8 +34,7 @@ def read_jsonl(path):
 def visit_total(checkpoint_dir, name, length):
     payload = torch.load(checkpoint_dir / f"{name}.pt", weights_only=False)
     config = Config.from_dict(payload["config"])
-    replay_cls = type(make_replay(config.replay_backend, capacity=1, seed=0))
-    replay = replay_cls.load(str(checkpoint_dir / payload["replay_file"]))
+    replay = replay_class(config.replay_backend).load(str(checkpoint_dir / payload["replay_file"]))
     _, counts = replay.visit_counts(length)
     return payload["counters"], replay, int(counts.sum())
 

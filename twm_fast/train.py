@@ -25,7 +25,7 @@ from twm_fast.envs import canonical_game, make_env
 from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
 from twm_fast.metrics import MetricsLog, progress
-from twm_fast.replay import make_replay
+from twm_fast.replay import make_replay, replay_class
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
 PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "done")
@@ -124,8 +124,7 @@ class Trainer:
             opt.load_state_dict(payload["optimizers"][key])
         self.counters = dict(payload["counters"])
         replay_path = Path(payload["path"]).with_name(payload["replay_file"])
-        replay_cls = type(make_replay(self.config.replay_backend, capacity=1, seed=0))
-        self.replay = replay_cls.load(str(replay_path))
+        self.replay = replay_class(self.config.replay_backend).load(str(replay_path))
         set_rng_state(payload["rng"])
         # The env itself cannot be saved: the interrupted episode ends here (as a truncation) and
         # a fresh one starts, so the replay never holds a transition the env did not produce.

@@ -14,7 +14,7 @@ except ImportError as _error:  # the extension was not built: only the reference
     FastReplay = None
     _FAST_IMPORT_ERROR = _error
 
-__all__ = ["FastReplay", "ReferenceReplay", "ReplayFileError", "make_replay"]
+__all__ = ["FastReplay", "ReferenceReplay", "ReplayFileError", "make_replay", "replay_class"]
 
 
 def make_replay(
@@ -32,15 +32,20 @@ def make_replay(
     backend: "cpp" (FastReplay; raises ImportError if the extension is not built) or
     "reference" (ReferenceReplay).
     """
+    cls = replay_class(backend)
+    return cls(capacity, frame_shape=frame_shape, frame_stack=frame_stack, temperature=temperature, seed=seed)
+
+
+def replay_class(backend: str):
+    """The class of a backend: "cpp" (FastReplay; ImportError if the extension is not built) or
+    "reference" (ReferenceReplay). `replay_class(backend).load(path)` reads a saved replay."""
     if backend == "reference":
-        cls = ReferenceReplay
-    elif backend == "cpp":
+        return ReferenceReplay
+    if backend == "cpp":
         if FastReplay is None:
             raise ImportError(
                 "replay backend 'cpp' needs the twm_fast._replay extension: "
                 "pip install --no-build-isolation -e ."
             ) from _FAST_IMPORT_ERROR
-        cls = FastReplay
-    else:
-        raise ValueError(f"unknown replay backend {backend!r}: use 'cpp' or 'reference'")
-    return cls(capacity, frame_shape=frame_shape, frame_stack=frame_stack, temperature=temperature, seed=seed)
+        return FastReplay
+    raise ValueError(f"unknown replay backend {backend!r}: use 'cpp' or 'reference'")
