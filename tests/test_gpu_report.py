@@ -20,6 +20,7 @@ def test_gpu_report_runs_on_the_cpu(tmp_path):
     assert not report["errors"]
     ops = {row["op"] for row in report["rows"]}
     assert {"attention_step", "attention_train_fwd_bwd", "categorical_sample", "gae"} <= ops
+    assert {"train/world_model_update", "train/imagination", "train/whole_train_step"} <= ops
     for row in report["rows"]:
         assert row["ok"] and row["ref"]["median_ms"] > 0 and row["fast"]["median_ms"] > 0
     assert {"device_name", "torch", "triton", "commit"} <= set(report["environment"])
