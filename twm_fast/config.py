@@ -171,15 +171,18 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"imagine_batch_size": 800},
     "published": {"imagine_batch_size": 400},
-    # Small enough that the built-in Catch game is learned in a few minutes on 2 CPU cores.
+    # Small enough that the built-in Catch game is learned in a few minutes on 2 CPU cores: 2,500
+    # training steps over 6,000 collected steps (measured: final mean return 4.3 and 3.3 for seeds
+    # 0 and 1, random policy -2.6). The actor's learning rate stays at the paper's 1e-4: faster, its
+    # entropy collapses before the world model predicts rewards.
     "quick": {
         "game": "catch",
-        "env_steps": 6_000,
+        "env_steps": 7_000,
         "prefill_steps": 1_000,
         "noop_max": 0,
         "time_limit": 1_000,
-        "total_budget": 2.6e6,
-        "pretrain_budget": 1.5e5,
+        "total_budget": 1.98e6,
+        "pretrain_budget": 6e4,
         "pretrain_obs_batch_size": 256,
         "eval_every": 1_000,
         "eval_episodes": 10,
@@ -206,8 +209,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "imagine_horizon": 10,
         "actor_hidden_dims": (128, 128),
         "critic_hidden_dims": (128, 128),
-        "actor_lr": 5e-4,
-        "critic_lr": 5e-4,
+        "actor_lr": 1e-4,
+        "critic_lr": 1e-4,
     },
 }
 
