@@ -36,6 +36,11 @@ class MetricsLog:
         for k, v in metrics.items():
             self._pending[k].append(_to_float(v))
 
+    @property
+    def pending(self) -> bool:
+        """Whether metrics were accumulated since the last flush."""
+        return any(self._pending.values())
+
     def flush(self, step: int, **extra: Any) -> dict[str, float]:
         means = {k: sum(v) / len(v) for k, v in self._pending.items() if v}
         self._pending.clear()

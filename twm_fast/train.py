@@ -177,6 +177,9 @@ class Trainer:
         return self.counters
 
     def _next_phase(self) -> None:
+        if self.log.pending:  # the phase's last updates, so they are not reported under the next phase
+            self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
+                           phase_updates=self.counters["phase_updates"])
         self.counters["phase"] = PHASES[PHASES.index(self.counters["phase"]) + 1]
         self.counters["phase_updates"] = 0
         self.checkpoint()
