@@ -93,6 +93,7 @@ class Config:
     imagine_batch_size: int = 800       # M: imagined trajectories per training step (paper 800, code 400)
     imagine_horizon: int = 15           # H
     imagine_discount_threshold: float = 0.1  # a rollout whose cumulative discount drops below it restarts
+    imagine_cuda_graph: bool = True     # on a GPU, capture the rollout in a CUDA graph and replay it
     actor_hidden_dims: tuple = (512, 512, 512, 512)
     critic_hidden_dims: tuple = (512, 512, 512, 512)
     actor_lr: float = 1e-4

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from twm_fast.config import Config
+from twm_fast.imagination.graphed import GraphedImagination
 from twm_fast.imagination.rollout import ImaginationStart, Rollout, imagine
 from twm_fast.models.actor_critic import ActorCritic
 from twm_fast.models.dynamics import DynamicsModel
@@ -23,6 +24,7 @@ class Agent(nn.Module):
         c = config
         self.obs_optimizer = adam(self.obs_model.parameters(), c.obs_lr, c.obs_eps, c.obs_weight_decay)
         self.dyn_optimizer = adam(self.dynamics.parameters(), c.dyn_lr, c.dyn_eps, c.dyn_weight_decay)
+        self._graphed_imagination: GraphedImagination | None = None  # built on the first GPU rollout
 
     @property
     def device(self) -> torch.device:
@@ -116,7 +118,13 @@ class Agent(nn.Module):
         return self.obs_model.sample(self.obs_model.encode(obs), "sample")[0]
 
     def imagine(self, start: ImaginationStart, restart_z: torch.Tensor) -> Rollout:
+        """The rollout of SPEC 5.3; on a GPU replayed from a CUDA graph (config.imagine_cuda_graph)."""
         c = self.config
+        if c.imagine_cuda_graph and start.z.is_cuda:
+            if self._graphed_imagination is None:
+                self._graphed_imagination = GraphedImagination(
+                    self.obs_model, self.dynamics, self.actor_critic, c.imagine_horizon, c.imagine_discount_threshold)
+            return self._graphed_imagination(start, restart_z)
         return imagine(self.obs_model, self.dynamics, self.actor_critic, start, restart_z,
                        c.imagine_horizon, c.imagine_discount_threshold)
 

@@ -66,7 +66,8 @@ def window_mask(dones: torch.Tensor, memory_length: int) -> tuple[torch.Tensor, 
     device = dones.device
     pos = torch.arange(num_tokens, device=device)
     dist = pos[:, None] - pos[None, :]                                        # (S, S)
-    window = torch.tensor(window_sizes(memory_length), device=device)[pos % TOKENS_PER_STEP]
+    z_window, _, r_window = window_sizes(memory_length)  # z and a tokens share a window
+    window = torch.where(pos % TOKENS_PER_STEP == R_TOKEN, r_window, z_window)
     in_window = (dist >= 0) & (dist <= window[:, None])                        # (S, S)
     # Episode index of each step: the number of dones before it.
     episode = F.pad(dones.long().cumsum(1), (1, 0))                           # (B, T)
@@ -158,6 +159,10 @@ class DynamicsModel(nn.Module):
         nn.init.xavier_uniform_(self.u_bias)
         nn.init.xavier_uniform_(self.v_bias)
         self.register_buffer("encodings", sinusoidal_encodings(self.slots, dim), persistent=False)
+        # Windows of the tokens a cached step appends: (z_0, a_0) first, then (r_{t-1}, z_t, a_t).
+        z_window, a_window, r_window = window_sizes(config.memory_length)
+        self.register_buffer("first_step_windows", torch.tensor([z_window, a_window]), persistent=False)
+        self.register_buffer("step_windows", torch.tensor([r_window, z_window, a_window]), persistent=False)
         self.pos_dropout = nn.Dropout(config.dyn_dropout)
 
         drop = config.dyn_dropout
@@ -218,11 +223,13 @@ class DynamicsModel(nn.Module):
             rel_pos=[layer.attn.project_positions(self.encodings) for layer in self.layers],
         )
 
-    def _step_tokens(self, cache: KVCache, x: torch.Tensor, kinds: list[int],
+    def _step_tokens(self, cache: KVCache, x: torch.Tensor, windows: torch.Tensor, z_pos: int,
                      new_episode: torch.Tensor | None) -> torch.Tensor:
-        """Append tokens x (B, n, dim) of the given kinds to the cache and return their outputs.
+        """Append tokens x (B, n, dim) to the cache and return their outputs.
 
-        new_episode: (B,) bool, a new episode starts at the first z token among the new ones."""
+        windows: (n,) how many earlier tokens each new token may see (a registered buffer, so that
+        a CUDA graph captures no host-to-device copy); z_pos: the position of the z token among
+        the new ones; new_episode: (B,) bool, a new episode starts at that z token."""
         n = x.shape[1]
         first = cache.num_tokens
         token_index = torch.arange(first, first + n, device=x.device)
@@ -230,14 +237,12 @@ class DynamicsModel(nn.Module):
         cache.slot_token[slots] = token_index
         # The episode boundary is at the z token: tokens before it keep the old episode start.
         query_start = cache.episode_start[:, None].expand(-1, n).clone()         # (B, n)
-        if new_episode is not None and Z_TOKEN in kinds:
-            z_pos = kinds.index(Z_TOKEN)
+        if new_episode is not None:
             cache.episode_start = torch.where(new_episode, first + z_pos, cache.episode_start)
             query_start[:, z_pos:] = cache.episode_start[:, None]
         key_token = cache.slot_token                                              # (S,)
         dist = token_index[:, None] - key_token[None, :]                          # (n, S)
-        window = torch.tensor(window_sizes(self.memory_length), device=x.device)[kinds]
-        in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= window[:, None])
+        in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
         allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
         for layer, keys, values, rel_pos in zip(self.layers, cache.keys, cache.values, cache.rel_pos):
             q, k, v = layer.attn.qkv(x)
@@ -251,14 +256,14 @@ class DynamicsModel(nn.Module):
     def step_first(self, cache: KVCache, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Start sequences with the tokens z_0, a_0. z (B, z_dim), actions (B,) -> h_0 (B, dim)."""
         x = torch.stack([self.z_embed(z), self.a_embed(actions)], dim=1)
-        return self._step_tokens(cache, x, [Z_TOKEN, A_TOKEN], None)[:, -1]
+        return self._step_tokens(cache, x, self.first_step_windows, 0, None)[:, -1]
 
     def step(self, cache: KVCache, prev_reward: torch.Tensor, prev_done: torch.Tensor, z: torch.Tensor,
              actions: torch.Tensor) -> torch.Tensor:
         """One step: tokens r_{t-1}, z_t, a_t. prev_reward (B,), prev_done (B,) bool (an episode
         ended after step t-1, so z_t starts a new one), z (B, z_dim), actions (B,) -> h_t (B, dim)."""
         x = torch.stack([self.r_embed(prev_reward[:, None]), self.z_embed(z), self.a_embed(actions)], dim=1)
-        return self._step_tokens(cache, x, [R_TOKEN, Z_TOKEN, A_TOKEN], prev_done)[:, -1]
+        return self._step_tokens(cache, x, self.step_windows, 1, prev_done)[:, -1]
 
     # ---- Loss (SPEC 3) ------------------------------------------------------------------------
     def loss(self, preds: dict[str, torch.Tensor], target_logits: torch.Tensor, target_weights: torch.Tensor,
