@@ -120,3 +120,27 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
     assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
     proc = run_cli(str(tmp_path / "missing.pt"), module="twm_fast.evaluate", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_stop_during_prefill_and_resume(tmp_path):
+    run = tmp_path / "run"
+    run_cli("--preset", "quick", "--out", str(run), "--no-progress", "--stop-after", "120", *TINY)
+    config = json.loads((run / "config.json").read_text())
+    counters, replay, visits = visit_total(run / "checkpoints", "latest", config["wm_sequence_length"])
+    assert counters["phase"] == "prefill" and counters["env_steps"] == replay.total_steps == 120
+    assert counters["train_steps"] == 0 and visits == 0
+    second = run_cli("--resume", str(run), "--no-progress")
+    assert "resuming at prefill, env step 120" in second.stderr
+    counters, replay, _ = visit_total(run / "checkpoints", "final", config["wm_sequence_length"])
+    assert counters["phase"] == "done" and counters["env_steps"] == replay.total_steps == 400
+    assert counters["train_steps"] == 40
+    # The interrupted episode ended as a truncation where the run stopped: step 119.
+    window = replay.read_windows([119], 1)
+    assert window["truncated"][0, 1] or window["terminated"][0, 1]
+
+
+def test_resume_rejects_new_settings(tmp_path):
+    run = tmp_path / "run"
+    run_cli("--preset", "quick", "--out", str(run), "--no-progress", "--stop-after", "50", *TINY)
+    proc = run_cli("--resume", str(run), "--seed", "3", check=False)
+    assert proc.returncode == 2 and "saved config" in proc.stderr
