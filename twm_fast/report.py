@@ -39,7 +39,8 @@ def report(by_game: dict[str, list[float]], reps: int = 2000, seed: int = 0) -> 
         mean = float(np.mean(scores))
         paper = PAPER_SCORES.get(game)
         paper_text = "- | -" if paper is None else f"{paper:g} | {human_normalized_score(game, paper):.3f}"
-        lines.append(f"| {game} | {len(scores)} | {mean:.1f} | {human_normalized_score(game, mean):.3f} | {paper_text} |")
+        normalized = human_normalized_score(game, mean)
+        lines.append(f"| {game} | {len(scores)} | {mean:.1f} | {normalized:.3f} | {paper_text} |")
     atari = sorted(g for g in by_game if g in PAPER_SCORES)
     if atari:
         # A (runs, games) array needs the same number of runs per game: keep the first n of each.

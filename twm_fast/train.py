@@ -350,7 +350,6 @@ class Trainer:
 
     @torch.no_grad()
     def draw(self, step: int) -> None:
-        c = self.config
         images = self.run_dir / "images"
         obs = torch.as_tensor(self.replay.read_obs(self.replay.random_obs_indices(8)), device=self.device)
         save_reconstructions(self.agent, obs, images / f"reconstructions_{step:07d}.png")

@@ -61,7 +61,7 @@ def window_mask(dones: torch.Tensor, memory_length: int) -> tuple[torch.Tensor, 
     Returns:
         dist (S, S) int64 with dist[i, j] = i - j, and allowed (B, S, S) bool, S = 3T - 1.
     """
-    batch, steps = dones.shape[0], dones.shape[1] + 1
+    steps = dones.shape[1] + 1
     num_tokens = TOKENS_PER_STEP * steps - 1
     device = dones.device
     pos = torch.arange(num_tokens, device=device)
