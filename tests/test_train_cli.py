@@ -144,3 +144,15 @@ def test_resume_rejects_new_settings(tmp_path):
     run_cli("--preset", "quick", "--out", str(run), "--no-progress", "--stop-after", "50", *TINY)
     proc = run_cli("--resume", str(run), "--seed", "3", check=False)
     assert proc.returncode == 2 and "saved config" in proc.stderr
+
+
+def test_atari_game_runs_end_to_end(tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    run = tmp_path / "pong"
+    run_cli("--preset", "quick", "--game", "pong", "--out", str(run), "--no-progress", "time_limit=300",
+            "eval_episodes=1", "final_eval_episodes=1", *TINY)
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["game"] == "Pong" and scores["train_steps"] == 40
+    assert scores["random_score"] == -20.7 and scores["human_score"] == 14.6
+    assert -21 <= scores["final_mean_return"] <= 21
