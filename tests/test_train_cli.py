@@ -1,8 +1,10 @@
 """Smoke tests of the real command line, run as subprocesses with a tiny budget (cleanrl's style)."""
 import json
+import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,25 @@ def test_atari_game_runs_end_to_end(tmp_path):
     assert scores["game"] == "Pong" and scores["train_steps"] == 40
     assert scores["random_score"] == -20.7 and scores["human_score"] == 14.6
     assert -21 <= scores["final_mean_return"] <= 21
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "twm_fast.train", "--preset", "quick", "--out", str(run),
+                             "--no-progress", *TINY], cwd=tempfile.gettempdir(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    # Wait for the first checkpoint (end of prefill), then stop the run as a scheduler would.
+    while not (run / "checkpoints" / "latest.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: saved" in stderr
+    counters, replay, _ = visit_total(run / "checkpoints", "latest", 8)
+    assert counters["env_steps"] == replay.total_steps
+    second = run_cli("--resume", str(run), "--no-progress")
+    assert "resuming at" in second.stderr
+    counters, replay, _ = visit_total(run / "checkpoints", "final", 8)
+    assert counters["phase"] == "done" and counters["env_steps"] == replay.total_steps == 400

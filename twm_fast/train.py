@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -373,6 +374,10 @@ class Trainer:
         (self.run_dir / "scores.json").write_text(json.dumps(scores, indent=2))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class StopRun(Exception):
     """Raised after --stop-after env steps: the run checkpoints and exits, to be resumed later."""
 
@@ -461,6 +466,8 @@ def _main(args) -> int:
              if resume else ""), file=sys.stderr)
     trainer = Trainer(config, run_dir, device, resume=resume, show_progress=not args.no_progress,
                       stop_after=args.stop_after)
+    # A scheduler's SIGTERM (preemption, time limit) saves a checkpoint like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         trainer.run()
     except StopRun:
