@@ -16,7 +16,6 @@ import numpy as np
 from twm_fast import _replay
 from twm_fast.replay.reference import (
     _Checkpointing,
-    check_config,
     check_indices,
     check_obs,
     check_state,
@@ -39,15 +38,10 @@ class FastReplay(_Checkpointing):
         temperature: float = 20.0,
         seed: int = 0,
     ):
-        frame_shape = tuple(int(x) for x in frame_shape)
-        check_config(capacity, frame_shape, frame_stack, temperature)
-        self.capacity = int(capacity)
-        self.frame_shape = frame_shape
-        self.frame_stack = int(frame_stack)
-        self.temperature = float(temperature)
+        self._set_config(capacity, frame_shape, frame_stack, temperature)
         # The C++ seed is 64-bit; Python seeds of any size fold into it.
         self._core = _replay.ReplayCore(
-            self.capacity, self.frame_stack, *frame_shape, self.temperature, int(seed) & (2**64 - 1)
+            self.capacity, self.frame_stack, *self.frame_shape, self.temperature, int(seed) & (2**64 - 1)
         )
 
     @property

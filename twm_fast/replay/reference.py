@@ -215,7 +215,16 @@ def read_state(path: str) -> dict[str, Any]:
 
 
 class _Checkpointing:
-    """save(path) / Class.load(path) through state_dict(), shared by both backends."""
+    """What both backends share: their validated configuration, and save(path) / Class.load(path)
+    through state_dict()."""
+
+    def _set_config(self, capacity, frame_shape, frame_stack, temperature) -> None:
+        frame_shape = tuple(int(x) for x in frame_shape)
+        check_config(capacity, frame_shape, frame_stack, temperature)
+        self.capacity = int(capacity)
+        self.frame_shape = frame_shape
+        self.frame_stack = int(frame_stack)
+        self.temperature = float(temperature)
 
     def save(self, path: str) -> None:
         """Write the whole replay (contents, counters, RNG state) to one file at `path`."""
@@ -254,12 +263,7 @@ class ReferenceReplay(_Checkpointing):
         temperature: float = 20.0,
         seed: int = 0,
     ):
-        frame_shape = tuple(int(x) for x in frame_shape)
-        check_config(capacity, frame_shape, frame_stack, temperature)
-        self.capacity = int(capacity)
-        self.frame_shape = frame_shape
-        self.frame_stack = int(frame_stack)
-        self.temperature = float(temperature)
+        self._set_config(capacity, frame_shape, frame_stack, temperature)
         self._obs_slots = self.capacity + self.frame_stack
         # The newest frame of obs j and its "came from reset" flag sit at slot j % (C + K);
         # step i sits at slot i % C.
