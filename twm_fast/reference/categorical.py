@@ -42,7 +42,9 @@ def categorical_sample_ref(
         if noise is None:
             raise ValueError(f"mode {mode!r} needs uniform noise of the logits' shape")
         index = (logits.detach() + gumbel_from_uniform(noise)).argmax(-1)
-    onehot = torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    # A scatter, not F.one_hot: one_hot checks its indices on the host (a sync per call on a GPU,
+    # which also forbids CUDA-graph capture of the reference rollout).
+    onehot = torch.zeros_like(logits, memory_format=torch.contiguous_format).scatter_(-1, index[..., None], 1.0)
     if mode == "straight_through":
         onehot = onehot + probs - probs.detach()
     return onehot, probs, log_probs, entropy
