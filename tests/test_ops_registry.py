@@ -15,6 +15,7 @@ KERNEL_TESTS = {
     "rel_attention": "test_kernel_rel_attention.py",
     "categorical_sample": "test_kernel_categorical.py",
     "gae": "test_kernel_gae.py",
+    "fused_linear": "test_kernel_fused_linear.py",
 }
 
 
@@ -30,6 +31,10 @@ def small_args(name, keys=8, requires_grad=False):
         return logits, torch.rand(3, 4, 5), "sample"
     if name == "gae":
         return torch.randn(3, 4, requires_grad=requires_grad), torch.rand(3, 4), torch.randn(3, 5), 0.95
+    if name == "fused_linear":
+        x = torch.randn(5, 16, requires_grad=requires_grad)
+        return (x, torch.randn(24, 16), torch.randn(24), torch.randn(5, 24), torch.rand(24) + 0.5, torch.randn(24),
+                1e-5, True, True)
     raise KeyError(name)
 
 
@@ -85,7 +90,7 @@ def test_auto_uses_the_kernel_on_cuda_unless_it_cannot_honour_the_arguments(name
     if name == "rel_attention":
         too_long = small_args(name, keys=100)
         assert implementation(name, cuda, too_long) is REGISTRY[name].reference
-    if name == "gae":
+    if name in ("gae", "fused_linear"):  # forward-only kernels: training keeps the reference
         needs_grad = small_args(name, requires_grad=True)
         assert implementation(name, cuda, needs_grad) is REGISTRY[name].reference
 

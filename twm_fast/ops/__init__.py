@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from twm_fast.reference import categorical_sample_ref, gae_ref, rel_attention_ref
+from twm_fast.reference import categorical_sample_ref, fused_linear_ref, gae_ref, rel_attention_ref
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -51,6 +51,11 @@ REGISTRY: dict[str, OpEntry] = {
         gae_ref,
         "twm_fast.kernels.gae:gae",
         "twm_fast.kernels.gae:gae_unsupported",
+    ),
+    "fused_linear": OpEntry(
+        fused_linear_ref,
+        "twm_fast.kernels.fused_linear:fused_linear",
+        "twm_fast.kernels.fused_linear:fused_linear_unsupported",
     ),
 }
 
@@ -134,3 +139,26 @@ def gae(rewards, discounts, values, lam):
     """
     args = (rewards, discounts, values, lam)
     return implementation("gae", rewards.device, args)(*args)
+
+
+def fused_linear(x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None, eps=1e-5,
+                 input_silu=False, output_silu=False):
+    """silu?(x) @ weight^T + bias, then silu?, then LayerNorm(residual + .); see
+    `twm_fast.reference.linear.fused_linear_ref`.
+
+    x: (..., in_features); weight: (out_features, in_features); residual: (..., out_features) with
+    the LayerNorm's norm_weight, norm_bias (out_features,) and eps -> (..., out_features).
+    """
+    args = (x, weight, bias, residual, norm_weight, norm_bias, eps, input_silu, output_silu)
+    return implementation("fused_linear", x.device, args)(*args)
+
+
+def linear(layer: torch.nn.Linear, x, *, input_silu=False, output_silu=False, residual=None,
+           norm: torch.nn.LayerNorm | None = None):
+    """`fused_linear` with the parameters of an nn.Linear (and of the nn.LayerNorm after the residual)."""
+    if (residual is None) != (norm is None):
+        raise ValueError("residual and norm go together: LayerNorm(residual + layer(x))")
+    if norm is None:
+        return fused_linear(x, layer.weight, layer.bias, input_silu=input_silu, output_silu=output_silu)
+    return fused_linear(x, layer.weight, layer.bias, residual, norm.weight, norm.bias, norm.eps,
+                        input_silu, output_silu)

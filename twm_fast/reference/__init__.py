@@ -2,5 +2,6 @@
 from twm_fast.reference.attention import rel_attention_ref
 from twm_fast.reference.categorical import categorical_sample_ref
 from twm_fast.reference.gae import gae_ref
+from twm_fast.reference.linear import fused_linear_ref
 
-__all__ = ["rel_attention_ref", "categorical_sample_ref", "gae_ref"]
+__all__ = ["rel_attention_ref", "categorical_sample_ref", "gae_ref", "fused_linear_ref"]
