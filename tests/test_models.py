@@ -203,3 +203,40 @@ def test_orthogonal_init_and_zero_bias():
     w = first.weight  # (512, 1024): rows orthonormal up to the gain sqrt(2)
     torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(512), atol=1e-4, rtol=1e-4)
     assert torch.all(first.bias == 0)
+
+
+@pytest.mark.parametrize("input_activation, output_activation, hidden", [
+    (True, False, (16, 16)),    # a dynamics head: SiLU on the transformer output
+    (False, True, ()),          # a token embedding: Linear then SiLU
+    (False, False, (16,)),      # the actor and the critic
+])
+def test_mlp_inference_path_equals_its_modules(input_activation, output_activation, hidden):
+    """Without autograd an MLP runs each Linear with its SiLUs as one fused op: the same function."""
+    from twm_fast.models.nets import MLP
+
+    mlp = MLP(12, hidden, 7, input_activation=input_activation, output_activation=output_activation, dropout=0.1)
+    mlp.eval()
+    x = torch.randn(5, 12)
+    modules = torch.nn.Sequential.forward(mlp, x)
+    with torch.no_grad():
+        fused = mlp(x)
+    torch.testing.assert_close(fused, modules, atol=1e-6, rtol=1e-6)
+    assert mlp(x).requires_grad  # with autograd: the modules, differentiable
+
+
+def test_transformer_layer_inference_path_equals_its_modules():
+    from twm_fast.models.dynamics import TransformerXLLayer
+
+    layer = TransformerXLLayer(tiny_config()).eval()
+    with torch.no_grad():  # LayerNorm parameters away from the identity, so a missing one shows
+        for norm in (layer.norm1, layer.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x, heads = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    modules = layer.residual(x, heads)
+    with torch.no_grad():
+        fused = layer.residual(x, heads)
+    torch.testing.assert_close(fused, modules, atol=1e-6, rtol=1e-6)
+    expected = layer.norm1(x + layer.attn.out_proj(heads))
+    expected = layer.norm2(expected + layer.linear2(torch.nn.functional.silu(layer.linear1(expected))))
+    torch.testing.assert_close(modules, expected, atol=1e-6, rtol=1e-6)

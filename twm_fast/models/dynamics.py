@@ -92,15 +92,15 @@ class RelativeSelfAttention(nn.Module):
         """(R, dim) encodings -> (R, H, D) rows of W_R R(d)."""
         return self.pos_proj(encodings).view(-1, self.num_heads, self.head_dim)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, S, dim) -> q, k, v each (B, S, H, D)."""
-        q, k, v = self.qkv_proj(x).view(*x.shape[:2], 3, self.num_heads, self.head_dim).unbind(2)
-        return q, k, v
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, S, dim) -> q, k, v packed as (B, S, 3, H, D) (views of one projection)."""
+        return self.qkv_proj(x).view(*x.shape[:2], 3, self.num_heads, self.head_dim)
 
     def attend(self, q, k, v, rel_pos, u_bias, v_bias, dist, allowed) -> torch.Tensor:
+        """The heads' outputs, concatenated: (B, T, H * D). out_proj is applied by the layer, fused
+        with the residual and the LayerNorm."""
         p = self.dropout if self.training else 0.0
-        out = ops.rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, self.scale, p)
-        return self.out_proj(out.flatten(2))                                   # (B, T, dim)
+        return ops.rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, self.scale, p).flatten(2)
 
 
 class TransformerXLLayer(nn.Module):
@@ -119,9 +119,16 @@ class TransformerXLLayer(nn.Module):
     def feedforward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.linear2(self.dropout(F.silu(self.linear1(x)))))
 
-    def residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.dropout(attn_out))
-        return self.norm2(x + self.feedforward(x))
+    def residual(self, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after attention: x (B, T, dim), heads (B, T, H * D) -> (B, T, dim)."""
+        if torch.is_grad_enabled() or (self.training and self.dropout.p > 0):
+            # Training: autograd through the modules (the fused op is forward-only), with dropout.
+            x = self.norm1(x + self.dropout(self.attn.out_proj(heads)))
+            return self.norm2(x + self.feedforward(x))
+        # Inference: each Linear fuses with its neighbours, three kernels on a GPU instead of eight.
+        x = ops.linear(self.attn.out_proj, heads, residual=x, norm=self.norm1)
+        hidden = ops.linear(self.linear1, x, output_silu=True)
+        return ops.linear(self.linear2, hidden, residual=x, norm=self.norm2)
 
 
 @dataclass
@@ -131,8 +138,7 @@ class KVCache:
     All sequences advance in lockstep, so the token count is one Python int; each sequence keeps
     the absolute index of the first token of its current episode (older keys are masked)."""
 
-    keys: list[torch.Tensor]            # per layer (B, slots, H, D)
-    values: list[torch.Tensor]          # per layer (B, slots, H, D)
+    kv: list[torch.Tensor]              # per layer (B, slots, 2, H, D): keys and values, one write per step
     slot_token: torch.Tensor            # (slots,) absolute token index held by each slot, -1 if empty
     episode_start: torch.Tensor         # (B,) absolute index of the current episode's first token
     num_tokens: int = 0                 # tokens written so far
@@ -205,7 +211,7 @@ class DynamicsModel(nn.Module):
         dist, allowed = window_mask(dones, self.memory_length)
         encodings = self.pos_dropout(self.encodings)
         for layer in self.layers:
-            q, k, v = layer.attn.qkv(x)
+            q, k, v = layer.attn.qkv(x).unbind(2)
             rel_pos = layer.attn.project_positions(encodings)
             x = layer.residual(x, layer.attn.attend(q, k, v, rel_pos, self.u_bias, self.v_bias, dist, allowed))
         return x[:, A_TOKEN::TOKENS_PER_STEP]                                    # (B, T, dim)
@@ -213,11 +219,9 @@ class DynamicsModel(nn.Module):
     # ---- Cached stepping (imagination) ------------------------------------------------------------
     def new_cache(self, batch_size: int) -> KVCache:
         p = self.u_bias
-        shape = (batch_size, self.slots, self.config.dyn_num_heads, self.config.dyn_head_dim)
-        layers = len(self.layers)
+        shape = (batch_size, self.slots, 2, self.config.dyn_num_heads, self.config.dyn_head_dim)
         return KVCache(
-            keys=[p.new_zeros(shape) for _ in range(layers)],
-            values=[p.new_zeros(shape) for _ in range(layers)],
+            kv=[p.new_zeros(shape) for _ in self.layers],
             slot_token=torch.full((self.slots,), -1, dtype=torch.long, device=p.device),
             episode_start=torch.zeros(batch_size, dtype=torch.long, device=p.device),
             rel_pos=[layer.attn.project_positions(self.encodings) for layer in self.layers],
@@ -244,12 +248,12 @@ class DynamicsModel(nn.Module):
         dist = token_index[:, None] - key_token[None, :]                          # (n, S)
         in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
         allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
-        for layer, keys, values, rel_pos in zip(self.layers, cache.keys, cache.values, cache.rel_pos):
-            q, k, v = layer.attn.qkv(x)
-            keys[:, slots] = k
-            values[:, slots] = v
-            x = layer.residual(x, layer.attn.attend(q, keys, values, rel_pos, self.u_bias, self.v_bias,
-                                                    dist, allowed))
+        for layer, kv, rel_pos in zip(self.layers, cache.kv, cache.rel_pos):
+            qkv = layer.attn.qkv(x)                                               # (B, n, 3, H, D)
+            kv[:, slots] = qkv[:, :, 1:]
+            # The attention reads keys and values in place, as strided views of the cache.
+            x = layer.residual(x, layer.attn.attend(qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1], rel_pos, self.u_bias,
+                                                    self.v_bias, dist, allowed))
         cache.num_tokens += n
         return x
 

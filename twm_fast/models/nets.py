@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from twm_fast import ops
+
 # SiLU layers are initialised with the ReLU gain, as the published implementation does.
 SILU_GAIN = math.sqrt(2.0)
 
@@ -55,6 +57,20 @@ class MLP(nn.Sequential):
         if output_activation:
             layers.append(nn.SiLU())
         super().__init__(*layers)
+        self.input_activation, self.output_activation, self.dropout = input_activation, output_activation, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or (self.training and self.dropout > 0):
+            # Training: autograd through the modules (the fused op is forward-only), and dropout
+            # sits between the pieces the fused path joins.
+            return super().forward(x)
+        # Inference (imagination, acting, targets): each Linear with its SiLUs is one `ops.fused_linear`.
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        for i, linear in enumerate(linears):
+            last = i == len(linears) - 1
+            x = ops.linear(linear, x, input_silu=self.input_activation and i == 0,
+                           output_silu=self.output_activation or not last)
+        return x
 
 
 def adam(params, lr: float, eps: float, weight_decay: float) -> torch.optim.Adam:
