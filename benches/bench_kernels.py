@@ -21,6 +21,7 @@ STEP_M = 800 if CUDA else 16          # imagination trajectories; one step adds 
 TRAIN_B = 100 if CUDA else 4          # world-model windows of 50 tokens
 SAMPLER_N = 12_000 if CUDA else 200   # 800 x 15 imagined latents of 32 x 32
 GAE_N = 800 if CUDA else 100
+LINEAR_ROWS = 2_400 if CUDA else 48   # 800 trajectories x 3 tokens of an imagination step
 
 
 def attention_inputs(B, T, S, R, dtype=torch.float32, device=DEVICE, H=4, D=64):
@@ -52,6 +53,15 @@ def rollout_inputs(N, H=15, dtype=torch.float32, device=DEVICE):
     discounts = 0.99 * torch.rand(N, H, device=device)
     values = torch.randn(N, H + 1, device=device)
     return tuple(t.to(dtype) for t in (rewards, discounts, values))
+
+
+def linear_inputs(rows, K, N, dtype=torch.float32, device=DEVICE):
+    """The post-norm sublayer's arguments: x (rows, K), weight (N, K), bias, residual (rows, N) and
+    the LayerNorm's affine parameters, in fused_linear's argument order (eps 1e-5)."""
+    tensors = (torch.randn(rows, K, device=device), torch.randn(N, K, device=device) / K ** 0.5,
+               torch.randn(N, device=device), torch.randn(rows, N, device=device),
+               1 + 0.1 * torch.randn(N, device=device), 0.1 * torch.randn(N, device=device))
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def synchronized(fn):
@@ -146,3 +156,22 @@ def test_gae_triton(benchmark):
     rollout = rollout_inputs(GAE_N)
     out = torch.empty(GAE_N, 15, device=DEVICE)
     benchmark(synchronized(lambda: gae_fwd(*rollout, LAMBDA, out=out)))
+
+
+# ---- fused linear ---------------------------------------------------------------------------------------
+# linear2 of a transformer layer in an imagination step: 1024 -> 256, bias, residual, LayerNorm.
+@pytest.mark.benchmark(group=f"fused_linear linear2+residual+norm rows={LINEAR_ROWS} 1024->256")
+def test_fused_linear_reference(benchmark):
+    from twm_fast.reference import fused_linear_ref
+    args = linear_inputs(LINEAR_ROWS, 1024, 256)
+    with torch.no_grad():
+        benchmark(synchronized(lambda: fused_linear_ref(*args)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"fused_linear linear2+residual+norm rows={LINEAR_ROWS} 1024->256")
+def test_fused_linear_triton(benchmark):
+    from twm_fast.kernels.fused_linear import fused_linear_fwd
+    args = linear_inputs(LINEAR_ROWS, 1024, 256)
+    out = torch.empty(LINEAR_ROWS, 256, device=DEVICE)
+    benchmark(synchronized(lambda: fused_linear_fwd(*args, out=out)))

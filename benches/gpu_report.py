@@ -86,13 +86,14 @@ class Report:
         self.rows: list[dict] = []
         self.sweeps: list[dict] = []
         self.errors: list[dict] = []
+        self.launches: dict = {}
         self.env = environment(device)
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
         for section in (self.attention_step, self.attention_train, self.categorical_sample, self.gae,
-                        self.num_warps_sweep, self.train_step):
+                        self.fused_linear, self.num_warps_sweep, self.launch_count, self.train_step):
             try:
                 section()
             except Exception as error:  # one broken kernel must not hide the others' numbers
@@ -106,6 +107,7 @@ class Report:
 
     def save(self):
         payload = {"environment": self.env, "rows": self.rows, "num_warps_sweep": self.sweeps,
+                   "launches_per_rollout": self.launches,
                    "errors": self.errors, "repeats": self.repeats, "warmup": self.warmup}
         (self.out / "gpu_report.json").write_text(json.dumps(payload, indent=2, default=str))
 
@@ -292,10 +294,54 @@ class Report:
             self.add("gae", f"N={N} H=15", dtype, lambda: gae_ref(rewards, discounts, values, 0.95),
                      lambda: gae_fwd(rewards, discounts, values, 0.95, out=out), check)
 
+    def fused_linear(self):
+        """The three fused layers of a transformer layer in an imagination step and a head layer."""
+        from bench_kernels import linear_inputs
+        from twm_fast.kernels.fused_linear import fused_linear_fwd
+
+        from twm_fast.reference import fused_linear_ref
+
+        torch = self.torch
+        rows = 48 if self.small else 2_400
+        cases = {  # name: (rows, K, N, bias, residual norm, input_silu, output_silu)
+            "out_proj+residual+norm": (rows, 256, 256, False, True, False, False),
+            "linear1+silu": (rows, 256, 1024, True, False, False, True),
+            "linear2+residual+norm": (rows, 1024, 256, True, True, False, False),
+            "head (silu in+out)": (rows // 3, 256, 512, True, False, True, True),
+        }
+        if self.small:
+            cases = {name: (r, k // 8, n // 8, *rest) for name, (r, k, n, *rest) in cases.items()}
+        for name, (r, K, N, bias, norm, input_silu, output_silu) in cases.items():
+            for dtype in self.dtypes:
+                x, weight, b, residual, gamma, beta = linear_inputs(r, K, N, dtype, self.device)
+                args = (x, weight, b if bias else None, *((residual, gamma, beta) if norm else (None,) * 3), 1e-5,
+                        input_silu, output_silu)
+                with torch.no_grad():
+                    fast = fused_linear_fwd(*args)
+                    ref_lowp = fused_linear_ref(*args)
+                    ref_fp32 = fused_linear_ref(*(a.float() if torch.is_tensor(a) else a for a in args))
+                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
+                out = torch.empty_like(fast)
+                with torch.no_grad():
+                    self.add(f"fused_linear {name}", f"rows={r} {K}->{N}", dtype, lambda: fused_linear_ref(*args),
+                             lambda: fused_linear_fwd(*args, out=out), check)
+
+    def launch_count(self):
+        """Kernels per imagination rollout (counted, not timed): PERF.md's 8 ms needs <= ~1,500."""
+        from twm_fast.config import make_config
+        from twm_fast.launch_count import rollout_counts
+        from twm_fast.testing import tiny_config
+
+        config = tiny_config() if self.small else make_config("paper", device="cpu")
+        counts = rollout_counts(config)
+        self.launches = {name: {"total": c.total, "syncs": sum(c.syncs.values()), "kernels": dict(c.kernels)}
+                         for name, c in counts.items()}
+
     # ---- tuning data ----------------------------------------------------------------------------------
     def num_warps_sweep(self):
         """Kernel time per num_warps (the constants in kernels/rel_attention.py were set without a GPU)."""
-        from bench_kernels import attention_inputs
+        from bench_kernels import attention_inputs, linear_inputs
+        from twm_fast.kernels.fused_linear import fused_linear_fwd
         from twm_fast.kernels.rel_attention import rel_attention_bwd, rel_attention_fwd
 
         if self.device != "cuda":
@@ -308,8 +354,17 @@ class Report:
             seed = torch.tensor([1], device="cuda")
             step_args = (*step, dist, allowed, 1 / 16)
             train_args = (*train, tdist, tallowed, 1 / 16, 0.1, seed)
+            linear2 = linear_inputs(2_400, 1024, 256, dtype, self.device)
+            linear1 = linear_inputs(2_400, 256, 1024, dtype, self.device)[:3]
             for warps in (2, 4, 8):
                 cases = {
+                    **{f"fused_linear linear2+norm rows=2400 block_rows={rows}":
+                       (lambda w=warps, r=rows: fused_linear_fwd(*linear2, block_rows=r, num_warps=w))
+                       for rows in (16, 32, 64)},
+                    **{f"fused_linear linear1+silu rows=2400 block_rows={rows}":
+                       (lambda w=warps, r=rows: fused_linear_fwd(*linear1, output_silu=True, block_rows=r,
+                                                                 num_warps=w))
+                       for rows in (16, 32, 64)},
                     "step_fwd M=800 (4 queries/program, CUDA cores)":
                         lambda w=warps: rel_attention_fwd(*step_args, num_warps=w),
                     "step_fwd M=800 (16 queries/program, tensor cores)":
@@ -394,6 +449,8 @@ class Report:
               f"median of {self.repeats} after {self.warmup} warm-up")
         for sweep in self.sweeps_best():
             print(f"best num_warps: {sweep}")
+        for name, launches in self.launches.items():
+            print(f"kernels per imagination rollout, {name}: {launches['total']} ({launches['syncs']} host syncs)")
         for error in self.errors:
             print(f"ERROR in {error['section']}: {error['error']}")
         header = f"{'op':<38} {'shape':<34} {'dtype':<8} {'ref ms':>8} {'fast ms':>8} {'speedup':>8} " \

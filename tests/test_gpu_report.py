@@ -21,6 +21,10 @@ def test_gpu_report_runs_on_the_cpu(tmp_path):
     ops = {row["op"] for row in report["rows"]}
     assert {"attention_step", "attention_train_fwd_bwd", "categorical_sample", "gae"} <= ops
     assert {"train/world_model_update", "train/imagination", "train/whole_train_step"} <= ops
+    assert {"fused_linear out_proj+residual+norm", "fused_linear linear1+silu"} <= ops
+    launches = report["launches_per_rollout"]
+    assert launches["fast"]["total"] < launches["reference"]["total"]
+    assert launches["fast"]["syncs"] == 0
     for row in report["rows"]:
         assert row["ok"] and row["ref"]["median_ms"] > 0 and row["fast"]["median_ms"] > 0
     assert {"device_name", "torch", "triton", "commit"} <= set(report["environment"])
