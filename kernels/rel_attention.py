@@ -39,6 +39,8 @@ MAX_KEYS = 64
 MAX_QUERIES_BACKWARD = 64
 # Rows of rel_pos (distances 0 .. R-1) in one tile: distances reach 52 in the imagination cache.
 MAX_DISTANCES = 64
+# A cached step appends (r, z, a): 3 tokens (2 for the first step); unrolled in the kernel.
+MAX_NEW_TOKENS = 4
 # SPEC 3: 4 heads of 64.
 MAX_HEAD_DIM = 64
 # tl.dot needs each dimension to be at least 16.
@@ -145,6 +147,7 @@ def _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p):
 @triton.jit
 def _rel_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, out_ptr,
+    kn_ptr, vn_ptr, slots_ptr,
     T, S, R, H, T_PAD, scale, dropout_p,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -153,8 +156,11 @@ def _rel_attention_fwd_kernel(
     stride_db, stride_dt, stride_ds,
     stride_ab, stride_at, stride_as,
     stride_ob, stride_ot, stride_oh,
+    stride_knb, stride_knt, stride_knh,
+    stride_vnb, stride_vnt, stride_vnh,
     D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
+    N_NEW: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
@@ -177,6 +183,20 @@ def _rel_attention_fwd_kernel(
                 mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     rel = tl.load(rel_ptr + h * stride_rh + offs_r[:, None] * stride_rr + offs_d[None, :],
                   mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)  # (BLOCK_R, BLOCK_D)
+    if N_NEW > 0:
+        # A cached step: the new tokens' keys and values replace their slots of the tile just read
+        # (so no program depends on another's write), and the first query block writes them to
+        # the cache for the next step.
+        write = d_ok & ((tl.program_id(1) + 0 * offs_d) == 0)  # a vector mask: the interpreter wants one
+        for j in tl.static_range(N_NEW):
+            slot = tl.load(slots_ptr + j)
+            k_row = tl.load(kn_ptr + b * stride_knb + j * stride_knt + h * stride_knh + offs_d, mask=d_ok, other=0.0)
+            v_row = tl.load(vn_ptr + b * stride_vnb + j * stride_vnt + h * stride_vnh + offs_d, mask=d_ok, other=0.0)
+            in_slot = (offs_s == slot)[:, None]
+            k = tl.where(in_slot, k_row[None, :], k)
+            v = tl.where(in_slot, v_row[None, :], v)
+            tl.store(k_ptr + b * stride_kb + h * stride_kh + slot * stride_ks + offs_d, k_row, mask=write)
+            tl.store(v_ptr + b * stride_vb + h * stride_vh + slot * stride_vs + offs_d, v_row, mask=write)
 
     probs, _ = _attention_probs(
         q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R,
@@ -320,6 +340,26 @@ def _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p):
                          f"{MAX_DROPOUT_ELEMENTS}")
 
 
+def _check_new_kv(k_cache, k_new, v_new, slots):
+    B, S, H, D = k_cache.shape
+    n = k_new.shape[1] if k_new.dim() == 4 else -1
+    if k_new.dim() != 4 or k_new.shape != (B, n, H, D) or v_new.shape != (B, n, H, D):
+        raise ValueError(f"k_new and v_new must be (B={B}, n, H={H}, D={D}) alike; got {tuple(k_new.shape)}, "
+                         f"{tuple(v_new.shape)}")
+    if not 1 <= n <= MAX_NEW_TOKENS:
+        raise ValueError(f"a cached step appends 1 to {MAX_NEW_TOKENS} tokens; got {n}")
+    if k_new.dtype != k_cache.dtype or v_new.dtype != k_cache.dtype:
+        raise ValueError(f"k_new and v_new must have the cache's dtype {k_cache.dtype}; got {k_new.dtype}, "
+                         f"{v_new.dtype}")
+    if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:
+        raise ValueError("k_new and v_new must have a contiguous last (head_dim) dimension")
+    if slots.shape != (n,) or slots.dtype != torch.int64 or slots.device != k_cache.device:
+        raise ValueError(f"slots must be an int64 ({n},) tensor on {k_cache.device}; got {slots.dtype} "
+                         f"{tuple(slots.shape)} on {slots.device}")
+    if {k_new.device, v_new.device} != {k_cache.device}:
+        raise ValueError("k_new, v_new and the cache must be on one device")
+
+
 def _dist_strides(dist):
     return (0, *dist.stride()) if dist.dim() == 2 else dist.stride()
 
@@ -333,15 +373,20 @@ def _seed_arg(seed, dropout_p, dist):
 
 
 def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0, seed=None,
-                      out=None, num_warps=None, query_block=None):
+                      out=None, num_warps=None, query_block=None, new_kv=None):
     """Forward of relative-position attention (no autograd). See `rel_attention` for the shapes.
 
     seed: (1,) int64 tensor keying the dropout mask; needed only when dropout_p > 0.
     out: optional (B, T, H, D) output of q's dtype to write into (its last dimension contiguous).
     num_warps, query_block: tuning overrides (queries per program, a power of two; from 16 up the
         products run on tensor cores), swept by benches/gpu_report.py.
+    new_kv: optional (k_new, v_new, slots) of a cached step: k_new, v_new (B, n, H, D) are written
+        into k and v (the cache) at slots (n,) int64, and attended to, in the same kernel.
     """
     _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p)
+    k_new, v_new, slots = new_kv if new_kv is not None else (q, q, dist)  # any pointers when unused
+    if new_kv is not None:
+        _check_new_kv(k, k_new, v_new, slots)
     B, T, H, D = q.shape
     S, R = k.shape[1], rel_pos.shape[0]
     if out is None:
@@ -361,6 +406,7 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
     seed = _seed_arg(seed, dropout_p, dist)
     _rel_attention_fwd_kernel[(B * H, n_t_blocks)](
         q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position_scratch, out,
+        k_new, v_new, slots,
         T, S, R, H, n_t_blocks * block_t, float(scale), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -368,8 +414,11 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
         rel_pos.stride(0), rel_pos.stride(1), u_bias.stride(0), v_bias.stride(0),
         *_dist_strides(dist), *allowed.stride(),
         out.stride(0), out.stride(1), out.stride(2),
+        k_new.stride(0), k_new.stride(1), k_new.stride(2),
+        v_new.stride(0), v_new.stride(1), v_new.stride(2),
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
         USE_DOT=use_dot, IEEE=q.dtype == torch.float32, DROPOUT=dropout_p > 0,
+        N_NEW=0 if new_kv is None else k_new.shape[1],
         num_warps=num_warps or FWD_NUM_WARPS,
     )
     return out
@@ -489,3 +538,27 @@ def rel_attention_unsupported(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, s
     if dropout_p > 0 and q.shape[0] * q.shape[2] * T * S > MAX_DROPOUT_ELEMENTS:
         return "dropout offsets would overflow int32"
     return None
+
+
+def rel_attention_step(q, k_new, v_new, k_cache, v_cache, slots, rel_pos, u_bias, v_bias, dist, allowed, scale):
+    """One cached imagination step in one kernel: write the new tokens' keys and values into the K/V
+    cache and attend over it; the fast twin of `rel_attention_step_ref` (forward only).
+
+    q, k_new, v_new: (B, n, H, D) the new tokens' projections (views of a fused qkv projection);
+    k_cache, v_cache: (B, S, H, D), written in place at slots (n,) int64 (e.g. views of one
+    (B, S, 2, H, D) ring); the rest as `rel_attention`. Returns (B, n, H, D).
+    """
+    return rel_attention_fwd(q, k_cache, v_cache, rel_pos, u_bias, v_bias, dist, allowed, scale,
+                             new_kv=(k_new, v_new, slots))
+
+
+def rel_attention_step_unsupported(q, k_new, v_new, k_cache, v_cache, slots, rel_pos, u_bias, v_bias, dist,
+                                   allowed, scale):
+    """Why the kernel cannot run these (valid) arguments, or None when it can."""
+    if _needs_grad(q, k_new, v_new, k_cache, v_cache, rel_pos, u_bias, v_bias):
+        return "the cached step has no backward; an input requires grad"
+    if k_new.shape[1] > MAX_NEW_TOKENS:
+        return f"a cached step of the kernel appends at most {MAX_NEW_TOKENS} tokens; got {k_new.shape[1]}"
+    if k_new.dtype != k_cache.dtype or v_new.dtype != k_cache.dtype:
+        return "k_new and v_new must have the cache's dtype"
+    return rel_attention_unsupported(q, k_cache, v_cache, rel_pos, u_bias, v_bias, dist, allowed, scale)

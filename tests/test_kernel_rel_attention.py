@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 from twm_fast.kernels import rel_attention as kernel
-from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd
+from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd, rel_attention_step
 
 from twm_fast.reference import attention as reference_module
-from twm_fast.reference import rel_attention_ref
+from twm_fast.reference import rel_attention_ref, rel_attention_step_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Compiled kernels on a GPU need the interpreter off (tests/conftest.py turns it on by default).
@@ -109,6 +109,73 @@ def test_forward_reads_fused_qkv_views(device):
     out = rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, SCALE)
     expected = rel_attention_ref(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, SCALE)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+
+
+# ---- cached step: the K/V write fused in -----------------------------------------------------------
+def make_step(B, n, S, H, D, R, mask, slots, kv_packed=True, device="cpu"):
+    """A cached step: queries and new keys/values as views of one (B, n, 3, H, D) projection, the
+    cache as views of one (B, S, 2, H, D) ring (as the dynamics model lays them out)."""
+    tensors, dist, allowed = make_inputs(B, n, S, H, D, R, mask, ring=True, device=device)
+    qkv = torch.randn(B, n, 3, H, D, device=device)
+    ring = torch.randn(B, S, 2, H, D, device=device)
+    if not kv_packed:
+        ring = ring.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)  # separate K and V tensors
+    slots = torch.tensor(slots, device=device)
+    return qkv, ring, slots, tensors[3:], dist, allowed
+
+
+def step_call(fn, qkv, ring, slots, pos, dist, allowed):
+    return fn(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], ring[:, :, 0], ring[:, :, 1], slots, *pos, dist, allowed,
+              SCALE)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("B, n, S, H, D, R, slots, packed", [
+    (5, 3, 37, 2, 64, 40, [10, 11, 12], True),    # a step in the middle of the ring
+    (4, 3, 53, 4, 64, 53, [51, 52, 0], True),      # the step that wraps around the ring
+    (3, 2, 9, 1, 32, 9, [0, 1], False),            # the first step (z, a), separate K and V tensors
+    (2, 1, 16, 2, 24, 20, [7], True),              # one token, odd head_dim
+])
+def test_step_writes_the_cache_and_attends_as_the_reference(device, mask, B, n, S, H, D, R, slots, packed):
+    qkv, ring, slot_index, pos, dist, allowed = make_step(B, n, S, H, D, R, mask, slots, packed, device)
+    ring_ref = ring.clone()
+    out = step_call(rel_attention_step, qkv, ring, slot_index, pos, dist, allowed)
+    expected = step_call(rel_attention_step_ref, qkv, ring_ref, slot_index, pos, dist, allowed)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(ring, ring_ref, atol=0, rtol=0)                # the same slots written, exactly
+    assert torch.equal(ring[:, slot_index, 0], qkv[:, :, 1]) and torch.equal(ring[:, slot_index, 1], qkv[:, :, 2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_with_several_query_blocks_writes_once_and_reads_the_new_keys(device):
+    """query_block 1: three programs per (trajectory, head) read the tile while the first writes."""
+    qkv, ring, slots, pos, dist, allowed = make_step(3, 3, 20, 2, 32, 24, "full", [5, 6, 7], device=device)
+    ring_ref = ring.clone()
+    out = rel_attention_fwd(qkv[:, :, 0], ring[:, :, 0], ring[:, :, 1], *pos, dist, allowed, SCALE, query_block=1,
+                            new_kv=(qkv[:, :, 1], qkv[:, :, 2], slots))
+    expected = step_call(rel_attention_step_ref, qkv, ring_ref, slots, pos, dist, allowed)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(ring, ring_ref, atol=0, rtol=0)
+
+
+def test_step_rejects_bad_arguments_and_declines_gradients():
+    qkv, ring, slots, pos, dist, allowed = make_step(2, 3, 8, 2, 16, 8, "full", [0, 1, 2])
+    k_new, v_new, k_cache, v_cache = qkv[:, :, 1], qkv[:, :, 2], ring[:, :, 0], ring[:, :, 1]
+    with pytest.raises(ValueError, match="slots must be"):
+        rel_attention_step(qkv[:, :, 0], k_new, v_new, k_cache, v_cache, slots[:2], *pos, dist, allowed, SCALE)
+    with pytest.raises(ValueError, match="slots must be"):
+        rel_attention_step(qkv[:, :, 0], k_new, v_new, k_cache, v_cache, slots.int(), *pos, dist, allowed, SCALE)
+    with pytest.raises(ValueError, match="k_new and v_new must be"):
+        rel_attention_step(qkv[:, :, 0], k_new[:, :, :1], v_new, k_cache, v_cache, slots, *pos, dist, allowed,
+                           SCALE)
+    with pytest.raises(ValueError, match="cache's dtype"):
+        rel_attention_step(qkv[:, :, 0], k_new.double(), v_new.double(), k_cache, v_cache, slots, *pos, dist,
+                           allowed, SCALE)
+    args = (qkv[:, :, 0], k_new, v_new, k_cache, v_cache, slots, *pos, dist, allowed, SCALE)
+    assert kernel.rel_attention_step_unsupported(*args) is None
+    leaf = qkv[:, :, 0].clone().requires_grad_()
+    assert "no backward" in kernel.rel_attention_step_unsupported(leaf, *args[1:])
 
 
 # ---- backward --------------------------------------------------------------------------------------
@@ -318,6 +385,23 @@ def test_full_size_gradients_on_gpu(mask, dtype):
     for name, a, b, c in zip(("q", "k", "v", "rel_pos", "u_bias", "v_bias"), fast, ref_lowp, ref_fp32):
         assert a.dtype == dtype
         _assert_fp32_close_or_within_bf16_bound(f"d{name}", a, b, c, dtype)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M", [800, 400])
+def test_full_size_cached_step_on_gpu(M, dtype):
+    """The imagination step with its K/V write: 3 new tokens into a 53-slot ring at the wrap-around."""
+    qkv, ring, slots, pos, dist, allowed = make_step(M, 3, 53, 4, 64, 53, "boundary_everywhere", [51, 52, 0],
+                                                     device="cuda")
+    qkv, ring, pos = qkv.to(dtype), ring.to(dtype), cast(pos, dtype)
+    ring_lowp, ring_fp32 = ring.clone(), ring.float()
+    fast = step_call(rel_attention_step, qkv, ring, slots, pos, dist, allowed)
+    ref_lowp = step_call(rel_attention_step_ref, qkv, ring_lowp, slots, pos, dist, allowed)
+    ref_fp32 = step_call(rel_attention_step_ref, qkv.float(), ring_fp32, slots, cast(pos, torch.float32), dist,
+                         allowed)
+    assert torch.equal(ring, ring_lowp)
+    _assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
 
 
 @gpu_only

@@ -13,6 +13,7 @@ TESTS = Path(__file__).parent
 # Every op with a fast path names the test module that holds its kernel to its twin.
 KERNEL_TESTS = {
     "rel_attention": "test_kernel_rel_attention.py",
+    "rel_attention_step": "test_kernel_rel_attention.py",
     "categorical_sample": "test_kernel_categorical.py",
     "gae": "test_kernel_gae.py",
     "fused_linear": "test_kernel_fused_linear.py",
@@ -26,6 +27,11 @@ def small_args(name, keys=8, requires_grad=False):
         dist = torch.arange(keys - T, keys)[:, None] - torch.arange(keys)[None, :]
         return (q, torch.randn(B, keys, H, D), torch.randn(B, keys, H, D), torch.randn(keys, H, D),
                 torch.randn(H, D), torch.randn(H, D), dist, (dist >= 0)[None].repeat(B, 1, 1), 0.25, 0.0)
+    if name == "rel_attention_step":
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, _ = small_args("rel_attention", keys, requires_grad)
+        new = torch.randn(2, 3, 2, 16)
+        return (q, new, new.clone(), k, v, torch.tensor([keys - 3, keys - 2, keys - 1]), rel_pos, u_bias, v_bias,
+                dist, allowed, scale)
     if name == "categorical_sample":
         logits = torch.randn(3, 4, 5, requires_grad=requires_grad)
         return logits, torch.rand(3, 4, 5), "sample"
@@ -87,10 +93,10 @@ def test_auto_uses_the_kernel_on_cuda_unless_it_cannot_honour_the_arguments(name
     monkeypatch.setenv("TWM_FAST_BACKEND", "auto")
     cuda = torch.device("cuda")
     assert implementation(name, cuda, small_args(name)) is ops._load(REGISTRY[name].fast)
-    if name == "rel_attention":
+    if name in ("rel_attention", "rel_attention_step"):
         too_long = small_args(name, keys=100)
         assert implementation(name, cuda, too_long) is REGISTRY[name].reference
-    if name in ("gae", "fused_linear"):  # forward-only kernels: training keeps the reference
+    if name in ("gae", "fused_linear", "rel_attention_step"):  # forward-only kernels: training keeps the reference
         needs_grad = small_args(name, requires_grad=True)
         assert implementation(name, cuda, needs_grad) is REGISTRY[name].reference
 

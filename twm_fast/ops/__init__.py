@@ -23,7 +23,13 @@ from typing import Callable
 
 import torch
 
-from twm_fast.reference import categorical_sample_ref, fused_linear_ref, gae_ref, rel_attention_ref
+from twm_fast.reference import (
+    categorical_sample_ref,
+    fused_linear_ref,
+    gae_ref,
+    rel_attention_ref,
+    rel_attention_step_ref,
+)
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -41,6 +47,11 @@ REGISTRY: dict[str, OpEntry] = {
         rel_attention_ref,
         "twm_fast.kernels.rel_attention:rel_attention",
         "twm_fast.kernels.rel_attention:rel_attention_unsupported",
+    ),
+    "rel_attention_step": OpEntry(
+        rel_attention_step_ref,
+        "twm_fast.kernels.rel_attention:rel_attention_step",
+        "twm_fast.kernels.rel_attention:rel_attention_step_unsupported",
     ),
     "categorical_sample": OpEntry(
         categorical_sample_ref,
@@ -119,6 +130,13 @@ def rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropou
     """
     args = (q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p)
     return implementation("rel_attention", q.device, args)(*args)
+
+
+def rel_attention_step(q, k_new, v_new, k_cache, v_cache, slots, rel_pos, u_bias, v_bias, dist, allowed, scale):
+    """One cached step: write k_new, v_new (B, n, H, D) into the K/V cache (B, S, H, D) at slots (n,),
+    then attend over the cache; see `twm_fast.reference.attention.rel_attention_step_ref`."""
+    args = (q, k_new, v_new, k_cache, v_cache, slots, rel_pos, u_bias, v_bias, dist, allowed, scale)
+    return implementation("rel_attention_step", q.device, args)(*args)
 
 
 def categorical_sample(logits, noise, mode="sample"):

@@ -58,3 +58,32 @@ def rel_attention_ref(
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.einsum("bhts,bshd->bthd", probs, v)                    # (B, T, H, D)
+
+
+def rel_attention_step_ref(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    rel_pos: torch.Tensor,
+    u_bias: torch.Tensor,
+    v_bias: torch.Tensor,
+    dist: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One cached step: write the new tokens' keys and values into the cache, then attend over it.
+
+    Args:
+        q, k_new, v_new: (B, n, H, D) the new tokens' queries, keys and values.
+        k_cache, v_cache: (B, S, H, D) the K/V cache, written in place at `slots`.
+        slots: (n,) int64, the cache slots of the new tokens.
+        rel_pos, u_bias, v_bias, dist, allowed, scale: as `rel_attention_ref`, over the S slots.
+    Returns:
+        (B, n, H, D).
+    """
+    k_cache[:, slots] = k_new
+    v_cache[:, slots] = v_new
+    return rel_attention_ref(q, k_cache, v_cache, rel_pos, u_bias, v_bias, dist, allowed, scale)
