@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # The input builders live in bench_kernels.py beside this script (its folder is on sys.path when run).
 # Targets on an H100/H200 (the issue): the imagination attention step and the sampler.
-TARGETS = {"attention_step": 5.0, "categorical_sample": 3.0}
+TARGETS = {"attention_step": 5.0, "attention_step+cache_write": 5.0, "categorical_sample": 3.0}
 # PERF.md's targets for the whole step at M = 800 (ms on an H100/H200); the published code takes
 # 52.9, 160.2, 8.3 and 221.3 ms.
 TRAIN_TARGETS_MS = {"train/world_model_update": 12.0, "train/imagination": 8.0, "train/actor_critic_update": 3.0,
@@ -92,8 +92,9 @@ class Report:
     # ---- plumbing -----------------------------------------------------------------------------------
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        for section in (self.attention_step, self.attention_train, self.categorical_sample, self.gae,
-                        self.fused_linear, self.num_warps_sweep, self.launch_count, self.train_step):
+        for section in (self.attention_step, self.attention_step_cache_write, self.attention_train,
+                        self.categorical_sample, self.gae, self.fused_linear, self.num_warps_sweep,
+                        self.launch_count, self.train_step):
             try:
                 section()
             except Exception as error:  # one broken kernel must not hide the others' numbers
@@ -201,6 +202,38 @@ class Report:
                 self.add("attention_step", f"M={M} T=3 S=53 H=4 D=64", dtype,
                          lambda: rel_attention_ref(*tensors, dist, allowed, scale),
                          lambda: rel_attention_fwd(*tensors, dist, allowed, scale, out=out), check)
+
+    def attention_step_cache_write(self):
+        """The step as the model runs it: the new keys and values written into the ring, then attended."""
+        from bench_kernels import attention_inputs
+        from twm_fast.kernels.rel_attention import rel_attention_step
+
+        from twm_fast.reference import rel_attention_step_ref
+
+        torch = self.torch
+        for M in ((4,) if self.small else (800,)):
+            for dtype in self.dtypes:
+                (q, _, _, *pos), dist, allowed = attention_inputs(M, 3, 53, 53, dtype, self.device)
+                qkv = torch.randn(M, 3, 3, 4, 64, device=self.device, dtype=dtype)
+                ring = torch.randn(M, 53, 2, 4, 64, device=self.device, dtype=dtype)
+                slots = torch.tensor([51, 52, 0], device=self.device)
+
+                def call(fn, ring):
+                    return fn(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], ring[:, :, 0], ring[:, :, 1], slots, *pos,
+                              dist, allowed, 1 / 16)
+                rings = {"fast": ring.clone(), "lowp": ring.clone(), "fp32": ring.float()}
+                with torch.no_grad():
+                    fast = call(rel_attention_step, rings["fast"])
+                    ref_lowp = call(rel_attention_step_ref, rings["lowp"])
+                    ref_fp32 = rel_attention_step_ref(*(t.float() for t in (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])),
+                                                      rings["fp32"][:, :, 0], rings["fp32"][:, :, 1], slots,
+                                                      *(t.float() for t in pos), dist, allowed, 1 / 16)
+                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
+                check["cache_equal"] = bool(torch.equal(rings["fast"], rings["lowp"]))
+                check["ok"] = check["ok"] and check["cache_equal"]
+                self.add("attention_step+cache_write", f"M={M} n=3 S=53 H=4 D=64", dtype,
+                         lambda: call(rel_attention_step_ref, rings["lowp"]),
+                         lambda: call(rel_attention_step, rings["fast"]), check)
 
     def attention_train(self):
         from bench_kernels import attention_inputs

@@ -39,11 +39,13 @@ def test_rollout_has_no_host_sync_and_fuses_every_layer():
     reference, fast = counts["reference"], counts["fast"]
     assert not reference.syncs and not fast.syncs
     assert fast.total < reference.total
-    # Each LayerNorm, SiLU and biased Linear of the step runs inside a fused kernel.
+    # Each LayerNorm, SiLU and biased Linear of the step runs inside a fused kernel, and each K/V
+    # cache write inside the attention kernel (index_put_ is left for the slot bookkeeping alone).
+    steps, layers = config.imagine_horizon + 1, config.dyn_num_layers
     for unfused in ("native_layer_norm", "silu", "addmm", "add", "bmm", "_softmax"):
         assert fast.kernels[unfused] == 0, (unfused, fast.kernels)
-    steps, layers = config.imagine_horizon + 1, config.dyn_num_layers
-    assert fast.kernels["triton:rel_attention"] == steps * layers
+    assert fast.kernels["index_put_"] == steps
+    assert fast.kernels["triton:rel_attention_step"] == steps * layers
     assert fast.kernels["triton:fused_linear"] >= 3 * steps * layers
     assert fast.kernels["triton:categorical_sample"] == 2 * config.imagine_horizon  # actor and latent
 
@@ -52,5 +54,5 @@ def test_paper_model_rollout_kernel_count_does_not_regress():
     """PERF.md: 8 ms for 800 x 15 needs at most about 1,000 - 1,500 kernels; the published code
     launches about 6,900 and our reference twin about 6,000. The bound is today's count, rounded up."""
     counts = rollout_counts(make_config("paper", device="cpu"), trajectories=2)
-    assert counts["fast"].total <= 1_800, counts["fast"].kernels.most_common(8)
+    assert counts["fast"].total <= 1_650, counts["fast"].kernels.most_common(8)
     assert counts["reference"].total > 3 * counts["fast"].total

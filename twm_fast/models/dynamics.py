@@ -102,6 +102,12 @@ class RelativeSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         return ops.rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, self.scale, p).flatten(2)
 
+    def attend_step(self, qkv, kv, slots, rel_pos, u_bias, v_bias, dist, allowed) -> torch.Tensor:
+        """A cached step (no dropout): write the new tokens' keys and values, qkv (B, n, 3, H, D), into
+        the layer's ring kv (B, S, 2, H, D) at slots (n,) and attend over it -> (B, n, H * D)."""
+        return ops.rel_attention_step(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], kv[:, :, 0], kv[:, :, 1], slots,
+                                      rel_pos, u_bias, v_bias, dist, allowed, self.scale).flatten(2)
+
 
 class TransformerXLLayer(nn.Module):
     """Post-norm decoder layer: x = LN(x + attn(x)); x = LN(x + ff(x))."""
@@ -138,7 +144,7 @@ class KVCache:
     All sequences advance in lockstep, so the token count is one Python int; each sequence keeps
     the absolute index of the first token of its current episode (older keys are masked)."""
 
-    kv: list[torch.Tensor]              # per layer (B, slots, 2, H, D): keys and values, one write per step
+    kv: list[torch.Tensor]              # per layer (B, slots, 2, H, D): keys and values
     slot_token: torch.Tensor            # (slots,) absolute token index held by each slot, -1 if empty
     episode_start: torch.Tensor         # (B,) absolute index of the current episode's first token
     num_tokens: int = 0                 # tokens written so far
@@ -249,11 +255,9 @@ class DynamicsModel(nn.Module):
         in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
         allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
         for layer, kv, rel_pos in zip(self.layers, cache.kv, cache.rel_pos):
-            qkv = layer.attn.qkv(x)                                               # (B, n, 3, H, D)
-            kv[:, slots] = qkv[:, :, 1:]
-            # The attention reads keys and values in place, as strided views of the cache.
-            x = layer.residual(x, layer.attn.attend(qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1], rel_pos, self.u_bias,
-                                                    self.v_bias, dist, allowed))
+            heads = layer.attn.attend_step(layer.attn.qkv(x), kv, slots, rel_pos, self.u_bias, self.v_bias, dist,
+                                           allowed)
+            x = layer.residual(x, heads)
         cache.num_tokens += n
         return x
 
