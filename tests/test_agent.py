@@ -77,3 +77,55 @@ def test_imagination_is_deterministic_given_the_seed():
     torch.manual_seed(1)
     b = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 5, 0.1)
     assert torch.equal(a.z, b.z) and torch.equal(a.actions, b.actions)
+
+
+def _start(config, M):
+    return ImaginationStart(random_z(M, 2, config), torch.randint(0, 3, (M,)), torch.randn(M),
+                            torch.rand(M) < 0.3)
+
+
+def test_bfloat16_imagination_runs_copies_refreshed_from_the_trained_weights():
+    config = tiny_config(imagine_dtype="bfloat16")
+    agent = Agent(config, 3)
+    dynamics, actor_critic = agent.imagination_models()
+    assert dynamics is not agent.dynamics and dynamics.u_bias.dtype == torch.bfloat16
+    assert not any(name.startswith("_imagination") for name in agent.state_dict())  # not checkpointed
+    for copy, trained in ((dynamics, agent.dynamics), (actor_critic, agent.actor_critic)):
+        for a, b in zip(copy.parameters(), trained.parameters()):
+            assert torch.equal(a, b.to(torch.bfloat16))
+    agent.update_world_model(random_batch(config))                             # the trained weights move ...
+    again, _ = agent.imagination_models()
+    assert again is dynamics                                                    # ... the same copy, in place
+    for a, b in zip(again.parameters(), agent.dynamics.parameters()):
+        assert torch.equal(a, b.to(torch.bfloat16))
+    rollout = agent.imagine(_start(config, 8), random_z(5, 1, config)[:, 0])
+    for name in ("z", "rewards", "discounts", "weights"):
+        assert getattr(rollout, name).dtype == torch.float32, name
+    assert ((rollout.discounts >= 0) & (rollout.discounts <= 1)).all()
+    assert torch.equal(rollout.z.sum(-1), torch.full(rollout.z.shape[:2], float(config.z_categoricals)))
+
+
+def test_bfloat16_imagination_predicts_as_float32_within_bfloat16_error():
+    """The first imagined step from the same start and noise: bf16 predictions within bf16 rounding
+    of the fp32 ones (later steps may sample differently, as two seeds would)."""
+    config = tiny_config()
+    agent = Agent(config, 3)
+    start = _start(config, 16)
+    pool = random_z(5, 1, config)[:, 0]
+    torch.manual_seed(3)
+    fp32 = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 1, 0.1)
+    agent.config.imagine_dtype = "bfloat16"
+    dynamics, actor_critic = agent.imagination_models()
+    torch.manual_seed(3)
+    bf16 = imagine(agent.obs_model, dynamics, actor_critic, start, pool, 1, 0.1)
+    assert (bf16.actions == fp32.actions).float().mean() >= 0.8  # same noise: ties aside, the same actions
+    same = bf16.actions[:, 0] == fp32.actions[:, 0]
+    torch.testing.assert_close(bf16.rewards[same], fp32.rewards[same], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(bf16.discounts[same], fp32.discounts[same], atol=0.02, rtol=0.02)
+
+
+def test_config_rejects_an_unknown_imagination_dtype():
+    import pytest
+
+    with pytest.raises(ValueError, match="imagine_dtype='float16' must be one of float32, bfloat16"):
+        tiny_config(imagine_dtype="float16")

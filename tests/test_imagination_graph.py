@@ -52,3 +52,24 @@ def test_graph_replay_equals_eager_rollout(num):
     eager = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 15, 0.1)
     torch.manual_seed(3)
     torch.testing.assert_close(graphed(start, pool).rewards, eager.rewards)
+
+
+@pytest.mark.gpu
+def test_agent_bfloat16_graph_sees_refreshed_weight_copies():
+    """imagine_dtype=bfloat16 on a GPU: the agent's graph replays the bf16 copies, which follow the
+    trained weights (refreshed in place before each rollout)."""
+    config = tiny_config(imagine_batch_size=64, wm_batch_size=64, imagine_horizon=15, memory_length=16,
+                         imagine_dtype="bfloat16")
+    agent = Agent(config, 3).cuda()
+    start, pool = make_start(config, 64, "cuda"), random_z(7, 1, config)[:, 0].cuda()
+    agent.imagine(start, pool)  # capture
+    with torch.no_grad():
+        agent.dynamics.reward_head[-1].bias.add_(1.0)
+    torch.manual_seed(4)
+    replayed = agent.imagine(start, pool)
+    dynamics, actor_critic = agent.imagination_models()
+    torch.manual_seed(4)
+    eager = imagine(agent.obs_model, dynamics, actor_critic, start, pool, 15, 0.1)
+    assert replayed.rewards.dtype == torch.float32
+    torch.testing.assert_close(replayed.rewards, eager.rewards)
+    assert torch.equal(replayed.actions, eager.actions)

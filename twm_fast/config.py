@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+# Dtypes imagination can run in (config.imagine_dtype).
+IMAGINE_DTYPES = ("float32", "bfloat16")
+
 
 @dataclass
 class Config:
@@ -94,6 +97,10 @@ class Config:
     imagine_horizon: int = 15           # H
     imagine_discount_threshold: float = 0.1  # a rollout whose cumulative discount drops below it restarts
     imagine_cuda_graph: bool = True     # on a GPU, capture the rollout in a CUDA graph and replay it
+    # The dtype imagination runs the dynamics model and the actor in. "float32" as published;
+    # "bfloat16" runs copies of their weights, refreshed before each rollout (half the K/V cache
+    # traffic, tensor-core GEMMs; PERF.md's route to 8 ms). Sampling and outputs stay fp32.
+    imagine_dtype: str = "float32"
     actor_hidden_dims: tuple = (512, 512, 512, 512)
     critic_hidden_dims: tuple = (512, 512, 512, 512)
     actor_lr: float = 1e-4
@@ -130,6 +137,8 @@ class Config:
              "dyn_num_heads * dyn_head_dim must equal dyn_embed_dim")
         need(self.total_budget > self.pretrain_budget, "total_budget must exceed pretrain_budget")
         need(self.frame_size == 64, "the observation model's conv stack expects frame_size=64")
+        need(self.imagine_dtype in IMAGINE_DTYPES,
+             f"imagine_dtype={self.imagine_dtype!r} must be one of {', '.join(IMAGINE_DTYPES)}")
         return self
 
     # ---- Schedule arithmetic (SPEC 7) ------------------------------------------------------------

@@ -25,6 +25,9 @@ class Agent(nn.Module):
         self.obs_optimizer = adam(self.obs_model.parameters(), c.obs_lr, c.obs_eps, c.obs_weight_decay)
         self.dyn_optimizer = adam(self.dynamics.parameters(), c.dyn_lr, c.dyn_eps, c.dyn_weight_decay)
         self._graphed_imagination: GraphedImagination | None = None  # built on the first GPU rollout
+        # Copies of the dynamics model and the actor-critic in config.imagine_dtype when it is not
+        # float32 (a tuple, so that they are not submodules: no checkpoint, no optimiser).
+        self._imagination_copies: tuple[DynamicsModel, ActorCritic] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -117,15 +120,33 @@ class Agent(nn.Module):
         self.obs_model.eval()
         return self.obs_model.sample(self.obs_model.encode(obs), "sample")[0]
 
+    def imagination_models(self) -> tuple[DynamicsModel, ActorCritic]:
+        """The dynamics model and actor-critic that imagination runs: the trained ones in float32,
+        else their copies in config.imagine_dtype, refreshed from the trained weights on each call."""
+        dtype = getattr(torch, self.config.imagine_dtype)
+        if dtype == torch.float32:
+            return self.dynamics, self.actor_critic
+        copies = self._imagination_copies
+        if copies is None or copies[0].u_bias.device != self.device:
+            copies = (DynamicsModel(self.config, self.num_actions), ActorCritic(self.config, self.num_actions))
+            copies = self._imagination_copies = tuple(m.to(self.device, dtype).eval() for m in copies)
+            self._graphed_imagination = None  # a graph reads the weights it was captured with
+        with torch.no_grad():
+            for copy, trained in zip(copies, (self.dynamics, self.actor_critic)):
+                # In place (a CUDA graph reads these addresses); one fused copy-and-cast per list on a GPU.
+                torch._foreach_copy_(list(copy.parameters()), list(trained.parameters()))
+        return copies
+
     def imagine(self, start: ImaginationStart, restart_z: torch.Tensor) -> Rollout:
         """The rollout of SPEC 5.3; on a GPU replayed from a CUDA graph (config.imagine_cuda_graph)."""
         c = self.config
+        dynamics, actor_critic = self.imagination_models()
         if c.imagine_cuda_graph and start.z.is_cuda:
-            if self._graphed_imagination is None:
+            if self._graphed_imagination is None or self._graphed_imagination.modules[1] is not dynamics:
                 self._graphed_imagination = GraphedImagination(
-                    self.obs_model, self.dynamics, self.actor_critic, c.imagine_horizon, c.imagine_discount_threshold)
+                    self.obs_model, dynamics, actor_critic, c.imagine_horizon, c.imagine_discount_threshold)
             return self._graphed_imagination(start, restart_z)
-        return imagine(self.obs_model, self.dynamics, self.actor_critic, start, restart_z,
+        return imagine(self.obs_model, dynamics, actor_critic, start, restart_z,
                        c.imagine_horizon, c.imagine_discount_threshold)
 
     def train_step(self, batch: dict[str, torch.Tensor], restart_obs: torch.Tensor) -> dict[str, torch.Tensor]:

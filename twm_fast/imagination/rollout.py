@@ -54,19 +54,23 @@ def imagine(obs_model: ObservationModel, dynamics: DynamicsModel, actor_critic: 
     observation (a row of `restart_z`, (P, z_dim)) and the attention mask cuts the history there.
     """
     dynamics.eval()
+    # The models may run in bfloat16 (config.imagine_dtype); the rollout's state, the sampling and
+    # the outputs stay float32 (the casts are no-ops in float32).
+    dtype = dynamics.u_bias.dtype
     num = start.z.shape[0]
     cache = dynamics.new_cache(num)
-    dynamics.step_first(cache, start.z[:, 0], start.actions)
+    dynamics.step_first(cache, start.z[:, 0].to(dtype), start.actions)
     z, prev_reward, prev_done = start.z[:, 1], start.rewards, start.dones
     cumulative = torch.ones(num, device=z.device)
     zs, actions, rewards, discounts, resets, weights = [z], [], [], [], [], []
     for _ in range(horizon):
-        action = actor_critic.act(z)
-        h = dynamics.step(cache, prev_reward, prev_done, z, action)
+        z_in = z.to(dtype)
+        action = actor_critic.act(z_in)
+        h = dynamics.step(cache, prev_reward.to(dtype), prev_done, z_in, action)
         preds = dynamics.predict(h)
-        next_z = obs_model.sample(preds["z_logits"], "sample")[0]
-        reward = preds["reward"]
-        discount = torch.sigmoid(preds["discount_logit"]).clamp(0.0, 1.0)
+        next_z = obs_model.sample(preds["z_logits"].float(), "sample")[0]
+        reward = preds["reward"].float()
+        discount = torch.sigmoid(preds["discount_logit"].float()).clamp(0.0, 1.0)
         # DreamerV2-style weights: the cumulative discount, restarting at 1 after a reset.
         cumulative = torch.where(prev_done, torch.ones_like(cumulative), cumulative)
         weights.append(cumulative)

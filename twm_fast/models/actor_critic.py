@@ -29,7 +29,8 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, z: torch.Tensor) -> torch.Tensor:
         """Sample actions at temperature 1 (collection, imagination, evaluation). z (N, z_dim) -> (N,)."""
-        logits = self.actor(z)[:, None]                                            # (N, 1, A)
+        # fp32 logits and noise whatever the actor's dtype: bf16 uniforms would skew the Gumbel draws.
+        logits = self.actor(z)[:, None].float()                                    # (N, 1, A)
         onehot, _, _, _ = ops.categorical_sample(logits, torch.rand_like(logits), "sample")
         return onehot[:, 0].argmax(-1)
 
