@@ -3,8 +3,9 @@
     python benches/gpu_report.py --out $OUT                      # a CUDA machine (H100 / H200)
     python benches/gpu_report.py --out DIR --device cpu --small  # tiny shapes, interpreter (CI smoke)
 
-On the device machine (a copy of the tree without .git; TRITON_INTERPRET must be 0 for the tests,
-which tests/conftest.py would otherwise turn on), the GPU tests then this report:
+benches/gpu_session.sh does all of it in one call on the device machine. By hand (a copy of the tree
+without .git; TRITON_INTERPRET must be 0 for the tests, which tests/conftest.py would otherwise turn
+on), the GPU tests then this report:
 
     python3 -m pip install -q --no-build-isolation --no-deps -e . || ln -sfn ../kernels twm_fast/kernels
     TRITON_INTERPRET=0 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_*.py \
@@ -40,7 +41,8 @@ TARGETS = {"attention_step": 5.0, "attention_step+cache_write": 5.0, "categorica
 # PERF.md's targets for the whole step at M = 800 (ms on an H100/H200); the published code takes
 # 52.9, 160.2, 8.3 and 221.3 ms.
 TRAIN_TARGETS_MS = {"train/world_model_update": 12.0, "train/imagination": 8.0, "train/actor_critic_update": 3.0,
-                    "train/whole_train_step": 25.0}
+                    "train/whole_train_step": 25.0, "train/imagination bf16 vs fp32": 8.0,
+                    "train/whole_train_step bf16 vs fp32": 25.0}
 
 
 def parse_args(argv=None):
@@ -472,6 +474,19 @@ class Report:
             for piece, fn in pieces.items():
                 self.add(f"train/{piece}", shape, torch.float32, with_backend("torch", False, fn),
                          with_backend("auto", True, fn), {"ok": True, "note": "timing only"}, graphs=False)
+            # config.imagine_dtype = "bfloat16" against the fast fp32 path (both on the kernels, graphed
+            # on a GPU); the bf16 side includes refreshing the weight copies.
+            def in_dtype(dtype, fn):
+                def run():
+                    config.imagine_dtype = dtype
+                    try:
+                        return with_backend("auto", True, fn)()
+                    finally:
+                        config.imagine_dtype = "float32"
+                return run
+            for piece in ("imagination", "whole_train_step"):
+                self.add(f"train/{piece} bf16 vs fp32", shape, torch.bfloat16, in_dtype("float32", pieces[piece]),
+                         in_dtype("bfloat16", pieces[piece]), {"ok": True, "note": "timing only"}, graphs=False)
         finally:
             self.repeats = repeats
 

@@ -28,3 +28,12 @@ def test_gpu_report_runs_on_the_cpu(tmp_path):
     for row in report["rows"]:
         assert row["ok"] and row["ref"]["median_ms"] > 0 and row["fast"]["median_ms"] > 0
     assert {"device_name", "torch", "triton", "commit"} <= set(report["environment"])
+
+
+def test_gpu_session_script_parses():
+    """benches/gpu_session.sh is what a GPU session runs in its one device call; bash must accept it."""
+    script = REPO / "benches" / "gpu_session.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    assert "gpu_report.py" in text and "-m gpu" in text and "TRITON_INTERPRET=0" in text
