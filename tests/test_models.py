@@ -240,3 +240,25 @@ def test_transformer_layer_inference_path_equals_its_modules():
     expected = layer.norm1(x + layer.attn.out_proj(heads))
     expected = layer.norm2(expected + layer.linear2(torch.nn.functional.silu(layer.linear1(expected))))
     torch.testing.assert_close(modules, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_step_layout_matches_writing_the_ring_token_by_token():
+    """The step layout is computed in closed form; check it against a simulated ring of slots."""
+    config = tiny_config(memory_length=2)
+    dyn = DynamicsModel(config, num_actions=3)
+    slots = cache_slots(2)
+    slot_token = torch.full((slots,), -1)
+    first = 0
+    for step in range(40):
+        windows = dyn.first_step_windows if step == 0 else dyn.step_windows
+        n = windows.shape[0]
+        token_index = torch.arange(first, first + n)
+        slot_token[token_index % slots] = token_index
+        layout_slots, key_token, dist, in_window = dyn._step_layout(first, windows)
+        assert torch.equal(layout_slots, token_index % slots)
+        assert torch.equal(key_token, slot_token)
+        assert torch.equal(dist, token_index[:, None] - slot_token[None, :])
+        expected = (slot_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
+        assert torch.equal(in_window, expected)
+        first += n
+    assert 0 < len(dyn._layouts) < 40  # kept for the first rings only

@@ -108,7 +108,8 @@ def count_launches(fast: bool):
 
 
 def rollout_counts(config, num_actions: int = 6, trajectories: int = 8) -> dict[str, LaunchCount]:
-    """Kernels of one imagination rollout (H steps) of a freshly initialised agent, both paths."""
+    """Kernels of one imagination rollout (H steps) of a freshly initialised agent, both paths, in the
+    steady state of training (after a first rollout)."""
     from twm_fast.agent.agent import Agent
     from twm_fast.imagination.rollout import ImaginationStart, imagine
 
@@ -119,11 +120,15 @@ def rollout_counts(config, num_actions: int = 6, trajectories: int = 8) -> dict[
     z = torch.nn.functional.one_hot(index, config.z_categories).float().reshape(trajectories, 2, z_dim)
     start = ImaginationStart(z, torch.randint(0, num_actions, (trajectories,)), torch.randn(trajectories),
                              torch.zeros(trajectories, dtype=torch.bool))
+    def rollout():
+        imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, z[:, 0], config.imagine_horizon,
+                config.imagine_discount_threshold)
+
+    rollout()  # steady state: the first rollout of a run also builds the step layouts, once
     counts = {}
     for name, fast in (("reference", False), ("fast", True)):
         with count_launches(fast) as count:
-            imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, z[:, 0], config.imagine_horizon,
-                    config.imagine_discount_threshold)
+            rollout()
         counts[name] = count
     return counts
 

@@ -30,6 +30,8 @@ from twm_fast.models.nets import MLP
 # Token kinds in their order within a step.
 Z_TOKEN, A_TOKEN, R_TOKEN = 0, 1, 2
 TOKENS_PER_STEP = 3
+# Step layouts are kept for sequences up to this many times around the K/V ring (see _step_layout).
+_CACHED_LAYOUT_RINGS = 4
 
 
 def window_sizes(memory_length: int) -> tuple[int, int, int]:
@@ -145,7 +147,6 @@ class KVCache:
     the absolute index of the first token of its current episode (older keys are masked)."""
 
     kv: list[torch.Tensor]              # per layer (B, slots, 2, H, D): keys and values
-    slot_token: torch.Tensor            # (slots,) absolute token index held by each slot, -1 if empty
     episode_start: torch.Tensor         # (B,) absolute index of the current episode's first token
     num_tokens: int = 0                 # tokens written so far
     rel_pos: list[torch.Tensor] | None = None  # per layer (R, H, D), projected once per cache
@@ -176,6 +177,7 @@ class DynamicsModel(nn.Module):
         self.register_buffer("first_step_windows", torch.tensor([z_window, a_window]), persistent=False)
         self.register_buffer("step_windows", torch.tensor([r_window, z_window, a_window]), persistent=False)
         self.pos_dropout = nn.Dropout(config.dyn_dropout)
+        self._layouts: dict[tuple, tuple[torch.Tensor, ...]] = {}  # see _step_layout
 
         drop = config.dyn_dropout
         self.z_head = MLP(dim, config.dyn_z_head_dims, z_dim, input_activation=True, dropout=drop)
@@ -228,10 +230,35 @@ class DynamicsModel(nn.Module):
         shape = (batch_size, self.slots, 2, self.config.dyn_num_heads, self.config.dyn_head_dim)
         return KVCache(
             kv=[p.new_zeros(shape) for _ in self.layers],
-            slot_token=torch.full((self.slots,), -1, dtype=torch.long, device=p.device),
             episode_start=torch.zeros(batch_size, dtype=torch.long, device=p.device),
             rel_pos=[layer.attn.project_positions(self.encodings) for layer in self.layers],
         )
+
+    def _step_layout(self, first: int, windows: torch.Tensor):
+        """Where the tokens first .. first + n - 1 go and what they may see, episodes aside.
+
+        All sequences advance in lockstep, so this depends on the token count alone: it is built once
+        per (first, n) and kept (the tensors a CUDA graph reads then stay alive and unchanged), for
+        the first few passes around the ring (an imagination rollout writes 47 of its 53 slots);
+        longer sequences build it at every step rather than grow the store without bound.
+        Returns slots (n,) int64 of the new tokens; key_token (S,) the token each slot holds after the
+        write (-1 if none yet); dist (n, S) query minus key token; in_window (n, S) bool."""
+        n = windows.shape[0]
+        key = (first, n, windows.device)
+        layout = self._layouts.get(key)
+        if layout is None:
+            token_index = torch.arange(first, first + n, device=windows.device)
+            slots = token_index % self.slots
+            # Slot s holds the latest token t < first + n with t % slots == s.
+            last = first + n - 1
+            key_token = last - (last - torch.arange(self.slots, device=windows.device)) % self.slots
+            key_token = torch.where(key_token >= 0, key_token, -1)
+            dist = token_index[:, None] - key_token[None, :]
+            in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
+            layout = (slots, key_token, dist, in_window)
+            if first < _CACHED_LAYOUT_RINGS * self.slots:
+                self._layouts[key] = layout
+        return layout
 
     def _step_tokens(self, cache: KVCache, x: torch.Tensor, windows: torch.Tensor, z_pos: int,
                      new_episode: torch.Tensor | None) -> torch.Tensor:
@@ -242,17 +269,12 @@ class DynamicsModel(nn.Module):
         the new ones; new_episode: (B,) bool, a new episode starts at that z token."""
         n = x.shape[1]
         first = cache.num_tokens
-        token_index = torch.arange(first, first + n, device=x.device)
-        slots = token_index % self.slots
-        cache.slot_token[slots] = token_index
+        slots, key_token, dist, in_window = self._step_layout(first, windows)
         # The episode boundary is at the z token: tokens before it keep the old episode start.
         query_start = cache.episode_start[:, None].expand(-1, n).clone()         # (B, n)
         if new_episode is not None:
             cache.episode_start = torch.where(new_episode, first + z_pos, cache.episode_start)
             query_start[:, z_pos:] = cache.episode_start[:, None]
-        key_token = cache.slot_token                                              # (S,)
-        dist = token_index[:, None] - key_token[None, :]                          # (n, S)
-        in_window = (key_token[None] >= 0) & (dist >= 0) & (dist <= windows[:, None])
         allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
         for layer, kv, rel_pos in zip(self.layers, cache.kv, cache.rel_pos):
             heads = layer.attn.attend_step(layer.attn.qkv(x), kv, slots, rel_pos, self.u_bias, self.v_bias, dist,
