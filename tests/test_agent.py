@@ -129,3 +129,38 @@ def test_config_rejects_an_unknown_imagination_dtype():
 
     with pytest.raises(ValueError, match="imagine_dtype='float16' must be one of float32, bfloat16"):
         tiny_config(imagine_dtype="float16")
+
+
+def test_bfloat16_world_model_update_trains_fp32_weights_close_to_the_fp32_update():
+    """world_model_dtype=bfloat16: autocast forward passes, fp32 weights and optimisers, channels-last
+    convolutions; the losses of one update within bf16 error of the fp32 update from the same state."""
+    batch = random_batch(tiny_config())
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        config = tiny_config(world_model_dtype=dtype)
+        torch.manual_seed(0)
+        agent = Agent(config, 3)
+        before = [p.clone() for p in agent.parameters()]
+        torch.manual_seed(1)
+        _, metrics = agent.update_world_model(batch)
+        assert all(p.dtype == torch.float32 for p in agent.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, agent.dynamics.parameters()))
+        results[dtype] = (agent, metrics)
+    agent, metrics = results["bfloat16"]
+    conv = agent.obs_model.encoder[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert results["float32"][0].obs_model.encoder[0].weight.is_contiguous()
+    with agent.world_model_autocast():
+        assert agent.obs_model.encode(batch["obs"][:, 0]).dtype == torch.bfloat16
+    assert not torch.equal(metrics["obs/loss"], results["float32"][1]["obs/loss"])  # bf16 did run
+    for key in ("obs/loss", "dyn/loss", "dyn/z_ce", "dyn/reward_nll"):
+        fp32, bf16 = results["float32"][1][key], metrics[key]
+        assert torch.isfinite(bf16)
+        torch.testing.assert_close(bf16, fp32, rtol=0.03, atol=0.03, msg=key)
+
+
+def test_bfloat16_pretraining_updates_run():
+    config = tiny_config(world_model_dtype="bfloat16")
+    agent = Agent(config, 3)
+    metrics = agent.pretrain_obs_model(torch.randint(0, 256, (6, 4, 64, 64), dtype=torch.uint8))
+    assert torch.isfinite(metrics["obs/loss"])

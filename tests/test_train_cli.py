@@ -1,5 +1,6 @@
 """Smoke tests of the real command line, run as subprocesses with a tiny budget (cleanrl's style)."""
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -180,3 +181,14 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert "resuming at" in second.stderr
     counters, replay, _ = visit_total(run / "checkpoints", "final", 8)
     assert counters["phase"] == "done" and counters["env_steps"] == replay.total_steps == 400
+
+
+def test_bfloat16_run_end_to_end(tmp_path):
+    """Both bf16 options through the whole schedule (pretraining, main loop, checkpoints, evaluation)."""
+    run = tmp_path / "bf16"
+    run_cli("--preset", "quick", "--out", str(run), "--no-progress", "world_model_dtype=bfloat16",
+            "imagine_dtype=bfloat16", *TINY)
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["train_steps"] == 40 and math.isfinite(scores["final_mean_return"])
+    losses = [row["dyn/loss"] for row in read_jsonl(run / "metrics.jsonl") if "dyn/loss" in row]
+    assert losses and all(math.isfinite(loss) for loss in losses)

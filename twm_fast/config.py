@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-# Dtypes imagination can run in (config.imagine_dtype).
+# Dtypes imagination and the world-model update can run in (config.imagine_dtype, world_model_dtype).
 IMAGINE_DTYPES = ("float32", "bfloat16")
+WORLD_MODEL_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Config:
     dyn_z_coef: float = 1.0             # latent cross-entropy weight
     dyn_reward_coef: float = 10.0       # reward NLL weight
     dyn_discount_coef: float = 50.0     # discount NLL weight
+    # The world-model updates' forward passes: "float32" as published, or "bfloat16" autocast with
+    # float32 weights, optimiser and losses, and channels-last convolutions (PERF.md's route to 12 ms).
+    world_model_dtype: str = "float32"
 
     # ---- Imagination and actor-critic (SPEC 4, 5) ---------------------------------------------
     imagine_batch_size: int = 800       # M: imagined trajectories per training step (paper 800, code 400)
@@ -137,6 +141,8 @@ class Config:
              "dyn_num_heads * dyn_head_dim must equal dyn_embed_dim")
         need(self.total_budget > self.pretrain_budget, "total_budget must exceed pretrain_budget")
         need(self.frame_size == 64, "the observation model's conv stack expects frame_size=64")
+        need(self.world_model_dtype in WORLD_MODEL_DTYPES,
+             f"world_model_dtype={self.world_model_dtype!r} must be one of {', '.join(WORLD_MODEL_DTYPES)}")
         need(self.imagine_dtype in IMAGINE_DTYPES,
              f"imagine_dtype={self.imagine_dtype!r} must be one of {', '.join(IMAGINE_DTYPES)}")
         return self

@@ -37,6 +37,12 @@ class Agent(nn.Module):
         return {"obs": self.obs_optimizer, "dyn": self.dyn_optimizer,
                 "actor": self.actor_critic.actor_optimizer, "critic": self.actor_critic.critic_optimizer}
 
+    def world_model_autocast(self):
+        """Context for the world-model updates' forward passes: bf16 autocast when
+        config.world_model_dtype asks for it (weights, optimisers and backward stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.world_model_dtype == "bfloat16")
+
     def discounts(self, terminated: torch.Tensor) -> torch.Tensor:
         """gamma_t = 0.99 * (1 - terminated_t)."""
         return self.config.discount * (~terminated).float()
@@ -59,7 +65,8 @@ class Agent(nn.Module):
         (B, L, 32, 32) (from the outputs at the context step .. the second to last step)."""
         dones = terminated | truncated
         h = self.dynamics(z, actions, rewards[:, :-1], dones[:, :-1])          # (B, L+1, dim)
-        preds = self.dynamics.predict(h)
+        # The losses in fp32 (no-ops without autocast).
+        preds = {k: v.float() for k, v in self.dynamics.predict(h).items()}
         predicted_probs = torch.softmax(preds["z_logits"][:, :-1], dim=-1).detach()
         targets = {k: v[:, 1:] for k, v in preds.items()}
         loss, metrics = self.dynamics.loss(
@@ -76,25 +83,26 @@ class Agent(nn.Module):
         obs = batch["obs"]
         batch_size, length = obs.shape[0], obs.shape[1] - 2
         om = self.obs_model
-        with torch.no_grad():
-            context_z = om.sample(om.encode(obs[:, 0]), "sample")[0]
-            next_logits = om.encode(obs[:, -1])
-        self.train()
-        window = obs[:, 1:-1].flatten(0, 1)
-        logits = om.encode(window)                                              # (B*L, 32, 32)
-        z, _, log_probs, entropy = om.sample(logits, "straight_through")
-        recon = om.decode(z)
-        obs_loss = om.decoder_loss(recon, window) + om.entropy_loss(entropy)
+        with self.world_model_autocast():  # forward passes; the backward passes run outside it
+            with torch.no_grad():
+                context_z = om.sample(om.encode(obs[:, 0]).float(), "sample")[0]
+                next_logits = om.encode(obs[:, -1]).float()
+            self.train()
+            window = obs[:, 1:-1].flatten(0, 1)
+            logits = om.encode(window).float()                                  # (B*L, 32, 32)
+            z, _, log_probs, entropy = om.sample(logits, "straight_through")
+            recon = om.decode(z).float()
+            obs_loss = om.decoder_loss(recon, window) + om.entropy_loss(entropy)
 
-        z = z.detach().view(batch_size, length, -1)
-        z_all = torch.cat([context_z[:, None], z], dim=1)                        # (B, L+1, z_dim)
-        logits = logits.view(batch_size, length, *logits.shape[1:])
-        target_logits = torch.cat([logits[:, 1:].detach(), next_logits[:, None]], dim=1)
-        dyn_loss, metrics, predicted_probs = self._dynamics_loss(
-            z_all, batch["actions"], batch["rewards"], batch["terminated"], batch["truncated"], target_logits)
+            z = z.detach().view(batch_size, length, -1)
+            z_all = torch.cat([context_z[:, None], z], dim=1)                    # (B, L+1, z_dim)
+            logits = logits.view(batch_size, length, *logits.shape[1:])
+            target_logits = torch.cat([logits[:, 1:].detach(), next_logits[:, None]], dim=1)
+            dyn_loss, metrics, predicted_probs = self._dynamics_loss(
+                z_all, batch["actions"], batch["rewards"], batch["terminated"], batch["truncated"], target_logits)
+            # predicted_probs are detached values: the same before or after the dynamics step.
+            consistency = om.consistency_loss(log_probs, predicted_probs.flatten(0, 1))
         metrics["dyn/grad_norm"] = optimizer_step(self.dyn_optimizer, dyn_loss, c.dyn_grad_clip)
-
-        consistency = om.consistency_loss(log_probs, predicted_probs.flatten(0, 1))
         obs_loss = obs_loss + consistency
         metrics["obs/grad_norm"] = optimizer_step(self.obs_optimizer, obs_loss, c.obs_grad_clip)
         metrics.update({
@@ -165,15 +173,17 @@ class Agent(nn.Module):
     def pretrain_obs_model(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """obs (N, 4, 64, 64) uint8 single stacks: decoder NLL + entropy hinge (no consistency)."""
         om = self.obs_model.train()
-        z, _, _, entropy = om.sample(om.encode(obs), "straight_through")
-        loss = om.decoder_loss(om.decode(z), obs) + om.entropy_loss(entropy)
+        with self.world_model_autocast():
+            z, _, _, entropy = om.sample(om.encode(obs).float(), "straight_through")
+            loss = om.decoder_loss(om.decode(z).float(), obs) + om.entropy_loss(entropy)
         optimizer_step(self.obs_optimizer, loss, self.config.obs_grad_clip)
         return {"obs/loss": loss.detach(), "obs/entropy": entropy.detach().sum(-1).mean()}
 
     def pretrain_dynamics(self, z, actions, rewards, terminated, truncated, target_logits) -> dict:
         """One dynamics update on frozen encodings; arguments as `_dynamics_loss`."""
         self.dynamics.train()
-        loss, metrics, _ = self._dynamics_loss(z, actions, rewards, terminated, truncated, target_logits)
+        with self.world_model_autocast():
+            loss, metrics, _ = self._dynamics_loss(z, actions, rewards, terminated, truncated, target_logits)
         metrics["dyn/grad_norm"] = optimizer_step(self.dyn_optimizer, loss, self.config.dyn_grad_clip)
         return metrics
 
