@@ -227,6 +227,12 @@ def test_cpp_equals_reference(capacity, steps, frame_stack, length):
         assert np.array_equal(out[key], want[key]), key
     readable = np.arange(ref.first_step, ref.total_steps + 1)
     assert np.array_equal(ref.read_obs(readable), fast.read_obs(readable))
+    for replay in (ref, fast):  # into a poisoned preallocated array
+        out = np.full((len(readable), replay.frame_stack, *replay.frame_shape), 77, np.uint8)
+        assert replay.read_obs(readable, out=out) is out
+        assert np.array_equal(out, ref.read_obs(readable))
+        with pytest.raises(ValueError, match="out must be"):
+            replay.read_obs(readable, out=out[:-1] if len(readable) > 1 else out.astype(np.int16))
     # Counters follow the same draws (applied through mark_visited).
     for _ in range(5):
         if len(starts) >= 3:

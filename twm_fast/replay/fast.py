@@ -18,6 +18,7 @@ from twm_fast.replay.reference import (
     _Checkpointing,
     check_indices,
     check_obs,
+    check_obs_out,
     check_state,
     check_window_out,
     state_sizes,
@@ -95,10 +96,14 @@ class FastReplay(_Checkpointing):
         )
         return out
 
-    def read_obs(self, indices: np.ndarray) -> np.ndarray:
-        """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps]."""
+    def read_obs(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps].
+        `out`: a preallocated array to write into."""
         indices = check_indices(indices, "indices")
-        out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
+        if out is None:
+            out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
+        else:
+            check_obs_out(out, len(indices), self.frame_stack, self.frame_shape)
         self._core.read_obs(indices, out)
         return out
 

@@ -115,6 +115,18 @@ def check_window_out(
             )
 
 
+def check_obs_out(out: np.ndarray, n: int, frame_stack: int, frame_shape: tuple[int, int]) -> None:
+    shape = (n, frame_stack, *frame_shape)
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.uint8
+        or out.shape != shape
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise ValueError(f"out must be a writeable C-contiguous uint8 array of shape {shape}")
+
+
 def state_sizes(total_steps: int, started: bool, capacity: int, frame_stack: int) -> tuple[int, int]:
     """(num_obs, num_steps) of a state dict: frames of obs [max(0, F-K+1), T], steps [F, T-1]."""
     num_steps = min(total_steps, capacity)
@@ -411,9 +423,12 @@ class ReferenceReplay(_Checkpointing):
                 out["truncated"][b, t] = self._truncated[slot]
         return out
 
-    def read_obs(self, indices: np.ndarray) -> np.ndarray:
-        """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps]."""
+    def read_obs(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps].
+        `out`: a preallocated array to write into."""
         indices = check_indices(indices, "indices")
+        if out is not None:
+            check_obs_out(out, len(indices), self.frame_stack, self.frame_shape)
         for j in indices:
             if not self._started or not self.first_step <= j <= self.total_steps:
                 readable = f"[{self.first_step}, {self.total_steps}]" if self._started else "none"
@@ -421,7 +436,8 @@ class ReferenceReplay(_Checkpointing):
                     f"observation {j} is not stored: readable observations are {readable} "
                     f"({self._describe_steps()})"
                 )
-        out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
+        if out is None:
+            out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
         for n, j in enumerate(indices):
             out[n] = self._stack(j)
         return out
