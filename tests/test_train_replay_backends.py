@@ -42,16 +42,20 @@ def test_backends_give_identical_batches(tmp_path):
 
 
 def test_window_reader_matches_direct_reads(tmp_path):
-    """Preallocated (pinned on a GPU) buffers give the same batches as fresh reads, batch after batch."""
+    """Preallocated (pinned on a GPU) buffers give the same batches and restart observations as fresh
+    reads, batch after batch."""
     from twm_fast.train import WindowReader
 
     for backend in ("cpp", "reference"):
         trainer = prefilled(tmp_path / "reader", backend)
         L, B = trainer.config.wm_sequence_length, trainer.config.wm_batch_size
-        reader = WindowReader(trainer.replay, B, L, torch.device("cpu"))
+        reader = WindowReader(trainer.replay, B, L, 5, torch.device("cpu"))
         for _ in range(3):
             starts = trainer.replay.sample_starts(B, L, update_visits=False)
-            batch = reader.read(starts)
+            restarts = trainer.replay.random_obs_indices(5)
+            batch, restart_obs = reader.read(starts, restarts)
             expected = to_torch(trainer.replay.read_windows(starts, L), torch.device("cpu"))
+            assert batch.keys() == expected.keys()
             for key in expected:
                 assert batch[key].dtype == expected[key].dtype and torch.equal(batch[key], expected[key]), key
+            assert torch.equal(restart_obs, torch.as_tensor(trainer.replay.read_obs(restarts)))
