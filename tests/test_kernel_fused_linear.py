@@ -12,6 +12,7 @@ from twm_fast.kernels import fused_linear as kernel
 from twm_fast.kernels.fused_linear import fused_linear_fwd
 
 from twm_fast.reference import fused_linear_ref
+from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
@@ -178,17 +179,6 @@ FULL_SIZES = {
 }
 
 
-def _bound_check(name, fast, ref_lowp, ref_fp32, dtype):
-    """fp32: close to the reference. bf16: the kernel's error against the fp32 reference is at most
-    twice that of the same computation in bf16 PyTorch."""
-    error = (fast.float() - ref_fp32).abs().max().item()
-    if dtype == torch.float32:
-        assert error <= 1e-4 * max(ref_fp32.abs().max().item(), 1.0), f"{name}: fp32 error {error}"
-    else:
-        bound = 2 * (ref_lowp.float() - ref_fp32).abs().max().item()
-        assert error <= bound, f"{name}: bf16 kernel error {error} > 2 x bf16 reference error {bound / 2}"
-
-
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("size", list(FULL_SIZES))
@@ -200,7 +190,7 @@ def test_full_size_on_gpu(size, dtype):
     assert fast.dtype == dtype
     ref_lowp = run(fused_linear_ref, tensors, **flags)
     ref_fp32 = run(fused_linear_ref, {k: None if v is None else v.float() for k, v in tensors.items()}, **flags)
-    _bound_check(size, fast, ref_lowp, ref_fp32, dtype)
+    assert_fp32_close_or_within_bf16_bound(size, fast, ref_lowp, ref_fp32, dtype)
 
 
 @gpu_only

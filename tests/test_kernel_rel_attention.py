@@ -12,6 +12,7 @@ from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd, rel_
 
 from twm_fast.reference import attention as reference_module
 from twm_fast.reference import rel_attention_ref, rel_attention_step_ref
+from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Compiled kernels on a GPU need the interpreter off (tests/conftest.py turns it on by default).
@@ -347,17 +348,6 @@ def _full_inputs(size, mask):
     return make_inputs(**sizes, mask=mask, ring=ring, device="cuda")
 
 
-def _assert_fp32_close_or_within_bf16_bound(name, fast, ref_lowp, ref_fp32, dtype):
-    """fp32: close to the reference. bf16: the kernel's error against the fp32 reference is at most
-    twice that of the same computation in bf16 PyTorch."""
-    error = max_error(fast, ref_fp32)
-    if dtype == torch.float32:
-        assert error <= 1e-4 * max(ref_fp32.abs().max().item(), 1.0), f"{name}: fp32 error {error}"
-    else:
-        bound = 2 * max_error(ref_lowp, ref_fp32)
-        assert error <= bound, f"{name}: bf16 kernel error {error} > 2 x bf16 reference error {bound / 2}"
-
-
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask", MASKS)
@@ -369,7 +359,7 @@ def test_full_size_forward_on_gpu(size, mask, dtype):
     ref_lowp = rel_attention_ref(*lowp, dist, allowed, SCALE)
     fast = rel_attention_fwd(*lowp, dist, allowed, SCALE)
     assert fast.dtype == dtype
-    _assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
+    assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
 
 
 @gpu_only
@@ -384,7 +374,7 @@ def test_full_size_gradients_on_gpu(mask, dtype):
     _, ref_fp32 = _gradients(rel_attention_ref, cast(lowp, torch.float32), dist, allowed, upstream.float())
     for name, a, b, c in zip(("q", "k", "v", "rel_pos", "u_bias", "v_bias"), fast, ref_lowp, ref_fp32):
         assert a.dtype == dtype
-        _assert_fp32_close_or_within_bf16_bound(f"d{name}", a, b, c, dtype)
+        assert_fp32_close_or_within_bf16_bound(f"d{name}", a, b, c, dtype)
 
 
 @gpu_only
@@ -401,7 +391,7 @@ def test_full_size_cached_step_on_gpu(M, dtype):
     ref_fp32 = step_call(rel_attention_step_ref, qkv.float(), ring_fp32, slots, cast(pos, torch.float32), dist,
                          allowed)
     assert torch.equal(ring, ring_lowp)
-    _assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
+    assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
 
 
 @gpu_only

@@ -128,3 +128,19 @@ def test_gae_ref_lambda_one_is_the_discounted_return_minus_value():
         returns.insert(0, ret)
     expected = torch.stack(returns, 1) - values[:, :-1]
     torch.testing.assert_close(gae_ref(rewards, discounts, values, 1.0), expected)
+
+
+def test_precision_rule_of_the_gpu_tests():
+    """The bf16 rule the GPU tests apply: the kernel's error at most twice bf16 PyTorch's."""
+    import pytest
+
+    from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
+
+    exact = torch.randn(1000)
+    lowp = exact.bfloat16()                                   # PyTorch's own bf16 rounding
+    assert_fp32_close_or_within_bf16_bound("ok", lowp, lowp, exact, torch.bfloat16)
+    with pytest.raises(AssertionError, match="bfloat16 kernel error"):
+        assert_fp32_close_or_within_bf16_bound("bad", lowp + 0.1, lowp, exact, torch.bfloat16)
+    assert_fp32_close_or_within_bf16_bound("fp32", exact + 1e-6, exact, exact, torch.float32)
+    with pytest.raises(AssertionError, match="fp32 error"):
+        assert_fp32_close_or_within_bf16_bound("fp32", exact + 1e-2, exact, exact, torch.float32)

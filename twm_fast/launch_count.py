@@ -120,6 +120,7 @@ def rollout_counts(config, num_actions: int = 6, trajectories: int = 8) -> dict[
     z = torch.nn.functional.one_hot(index, config.z_categories).float().reshape(trajectories, 2, z_dim)
     start = ImaginationStart(z, torch.randint(0, num_actions, (trajectories,)), torch.randn(trajectories),
                              torch.zeros(trajectories, dtype=torch.bool))
+
     def rollout():
         imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, z[:, 0], config.imagine_horizon,
                 config.imagine_discount_threshold)

@@ -33,3 +33,17 @@ def random_batch(config: Config, num_actions: int = 3) -> dict[str, torch.Tensor
             "rewards": torch.randn(B, L + 1).tanh(),
             "terminated": torch.rand(B, L + 1) < 0.1,
             "truncated": torch.rand(B, L + 1) < 0.05}
+
+
+def assert_fp32_close_or_within_bf16_bound(name: str, fast: torch.Tensor, ref_lowp: torch.Tensor,
+                                           ref_fp32: torch.Tensor, dtype: torch.dtype, fp32_tol: float = 1e-4):
+    """The kernels' precision rule (issue 4): in fp32 the fast result is within fp32_tol (relative to
+    the largest magnitude) of the reference; in a low precision its error against the fp32 reference
+    is at most twice that of the same computation in plain PyTorch at that precision (ref_lowp)."""
+    error = (fast.float() - ref_fp32.float()).abs().max().item()
+    if dtype == torch.float32:
+        limit = fp32_tol * max(ref_fp32.abs().max().item(), 1.0)
+        assert error <= limit, f"{name}: fp32 error {error} > {limit}"
+    else:
+        bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
+        assert error <= bound, f"{name}: {dtype} kernel error {error} > 2 x {dtype} reference error {bound / 2}"
