@@ -102,6 +102,33 @@ def test_rel_attention_step_triton(benchmark, step_inputs):
     benchmark(synchronized(lambda: rel_attention_fwd(*tensors, dist, allowed, SCALE, out=out)))
 
 
+# ---- relative attention, one imagination step with its K/V cache write ------------------------------
+def cached_step_inputs():
+    """The step as the dynamics model runs it: q, k_new, v_new as views of one (M, 3, 3, H, D)
+    projection, the cache as views of one (M, 53, 2, H, D) ring, the new tokens at slots 51, 52, 0."""
+    (_, _, _, *pos), dist, allowed = attention_inputs(STEP_M, 3, 53, 53)
+    qkv = torch.randn(STEP_M, 3, 3, 4, 64, device=DEVICE)
+    ring = torch.randn(STEP_M, 53, 2, 4, 64, device=DEVICE)
+    slots = torch.tensor([51, 52, 0], device=DEVICE)
+    return (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], ring[:, :, 0], ring[:, :, 1], slots, *pos, dist, allowed,
+            SCALE)
+
+
+@pytest.mark.benchmark(group=f"rel_attention_step (cache write + attend) M={STEP_M} n=3 S=53")
+def test_rel_attention_cached_step_reference(benchmark):
+    from twm_fast.reference import rel_attention_step_ref
+    args = cached_step_inputs()
+    benchmark(synchronized(lambda: rel_attention_step_ref(*args)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"rel_attention_step (cache write + attend) M={STEP_M} n=3 S=53")
+def test_rel_attention_cached_step_triton(benchmark):
+    from twm_fast.kernels.rel_attention import rel_attention_step
+    args = cached_step_inputs()
+    benchmark(synchronized(lambda: rel_attention_step(*args)))
+
+
 # ---- relative attention, training window forward + backward ------------------------------------------
 @pytest.fixture(scope="module")
 def train_inputs():
