@@ -17,6 +17,7 @@ KERNEL_TESTS = {
     "categorical_sample": "test_kernel_categorical.py",
     "gae": "test_kernel_gae.py",
     "fused_linear": "test_kernel_fused_linear.py",
+    "discount_reset": "test_kernel_discount_reset.py",
 }
 
 
@@ -37,6 +38,10 @@ def small_args(name, keys=8, requires_grad=False):
         return logits, torch.rand(3, 4, 5), "sample"
     if name == "gae":
         return torch.randn(3, 4, requires_grad=requires_grad), torch.rand(3, 4), torch.randn(3, 5), 0.95
+    if name == "discount_reset":
+        next_z = torch.eye(4)[torch.randint(0, 4, (5,))]
+        return (torch.randn(5, requires_grad=requires_grad), torch.rand(5) < 0.3, torch.rand(5), next_z,
+                torch.eye(4)[:2], torch.randint(0, 2, (5,)), 0.1)
     if name == "fused_linear":
         x = torch.randn(5, 16, requires_grad=requires_grad)
         return (x, torch.randn(24, 16), torch.randn(24), torch.randn(5, 24), torch.rand(24) + 0.5, torch.randn(24),
@@ -96,7 +101,8 @@ def test_auto_uses_the_kernel_on_cuda_unless_it_cannot_honour_the_arguments(name
     if name in ("rel_attention", "rel_attention_step"):
         too_long = small_args(name, keys=100)
         assert implementation(name, cuda, too_long) is REGISTRY[name].reference
-    if name in ("gae", "fused_linear", "rel_attention_step"):  # forward-only kernels: training keeps the reference
+    # Forward-only kernels: a call that needs a gradient keeps the reference.
+    if name in ("gae", "fused_linear", "rel_attention_step", "discount_reset"):
         needs_grad = small_args(name, requires_grad=True)
         assert implementation(name, cuda, needs_grad) is REGISTRY[name].reference
 

@@ -25,6 +25,7 @@ import torch
 
 from twm_fast.reference import (
     categorical_sample_ref,
+    discount_reset_ref,
     fused_linear_ref,
     gae_ref,
     rel_attention_ref,
@@ -62,6 +63,11 @@ REGISTRY: dict[str, OpEntry] = {
         gae_ref,
         "twm_fast.kernels.gae:gae",
         "twm_fast.kernels.gae:gae_unsupported",
+    ),
+    "discount_reset": OpEntry(
+        discount_reset_ref,
+        "twm_fast.kernels.discount_reset:discount_reset",
+        "twm_fast.kernels.discount_reset:discount_reset_unsupported",
     ),
     "fused_linear": OpEntry(
         fused_linear_ref,
@@ -157,6 +163,17 @@ def gae(rewards, discounts, values, lam):
     """
     args = (rewards, discounts, values, lam)
     return implementation("gae", rewards.device, args)(*args)
+
+
+def discount_reset(discount_logit, prev_done, cumulative, next_z, restart_z, restart_index, threshold):
+    """The discount-threshold reset of an imagined step (SPEC 5.3); see
+    `twm_fast.reference.discount_reset.discount_reset_ref`.
+
+    discount_logit, prev_done, cumulative, restart_index: (M,); next_z: (M, Z); restart_z: (P, Z)
+    -> discount, weight, cumulative (M,), done (M,) bool, z (M, Z).
+    """
+    args = (discount_logit, prev_done, cumulative, next_z, restart_z, restart_index, threshold)
+    return implementation("discount_reset", next_z.device, args)(*args)
 
 
 def fused_linear(x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None, eps=1e-5,
