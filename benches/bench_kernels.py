@@ -185,6 +185,30 @@ def test_gae_triton(benchmark):
     benchmark(synchronized(lambda: gae_fwd(*rollout, LAMBDA, out=out)))
 
 
+# ---- discount reset -----------------------------------------------------------------------------------
+def discount_reset_inputs(M=GAE_N):
+    """One imagination step's discount logits, restart flags, cumulative discounts, sampled one-hot
+    latents (32 x 32) and a pool of M restart latents."""
+    next_z = torch.nn.functional.one_hot(torch.randint(0, 32, (M, 32), device=DEVICE), 32).float().flatten(1)
+    return (3 * torch.randn(M, device=DEVICE), torch.rand(M, device=DEVICE) < 0.3, torch.rand(M, device=DEVICE),
+            next_z, next_z.roll(1, 0).contiguous(), torch.randint(0, M, (M,), device=DEVICE), 0.1)
+
+
+@pytest.mark.benchmark(group=f"discount_reset M={GAE_N} Z=1024")
+def test_discount_reset_reference(benchmark):
+    from twm_fast.reference import discount_reset_ref
+    args = discount_reset_inputs()
+    benchmark(synchronized(lambda: discount_reset_ref(*args)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"discount_reset M={GAE_N} Z=1024")
+def test_discount_reset_triton(benchmark):
+    from twm_fast.kernels.discount_reset import discount_reset
+    args = discount_reset_inputs()
+    benchmark(synchronized(lambda: discount_reset(*args)))
+
+
 # ---- fused linear ---------------------------------------------------------------------------------------
 # linear2 of a transformer layer in an imagination step: 1024 -> 256, bias, residual, LayerNorm.
 @pytest.mark.benchmark(group=f"fused_linear linear2+residual+norm rows={LINEAR_ROWS} 1024->256")

@@ -96,7 +96,8 @@ class Report:
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
         for section in (self.attention_step, self.attention_step_cache_write, self.attention_train,
-                        self.categorical_sample, self.gae, self.fused_linear, self.num_warps_sweep,
+                        self.categorical_sample, self.gae, self.discount_reset, self.fused_linear,
+                        self.num_warps_sweep,
                         self.launch_count, self.train_step):
             try:
                 section()
@@ -329,6 +330,25 @@ class Report:
             out = torch.empty_like(fast)
             self.add("gae", f"N={N} H=15", dtype, lambda: gae_ref(rewards, discounts, values, 0.95),
                      lambda: gae_fwd(rewards, discounts, values, 0.95, out=out), check)
+
+    def discount_reset(self):
+        """The discount-threshold reset of an imagination step (the discount head's tail and restarts)."""
+        from twm_fast.kernels.discount_reset import discount_reset
+
+        from twm_fast.reference import discount_reset_ref
+
+        torch = self.torch
+        M = 37 if self.small else 800
+        index = torch.randint(0, 32, (M, 32), device=self.device)
+        next_z = torch.nn.functional.one_hot(index, 32).float().flatten(1)
+        args = (3 * torch.randn(M, device=self.device), torch.rand(M, device=self.device) < 0.3,
+                torch.rand(M, device=self.device), next_z, next_z.roll(1, 0).contiguous(),
+                torch.randint(0, M, (M,), device=self.device), 0.1)
+        fast, ref = discount_reset(*args), discount_reset_ref(*args)
+        errors = [self.max_error(a, b) for a, b in zip(fast, ref)]
+        check = {"max_error": max(errors), "ok": max(errors) <= 1e-5}
+        self.add("discount_reset", f"M={M} Z=1024", torch.float32, lambda: discount_reset_ref(*args),
+                 lambda: discount_reset(*args), check)
 
     def fused_linear(self):
         """The three fused layers of a transformer layer in an imagination step and a head layer."""

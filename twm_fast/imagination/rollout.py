@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from twm_fast import ops
 from twm_fast.models.actor_critic import ActorCritic
 from twm_fast.models.dynamics import DynamicsModel
 from twm_fast.models.obs_model import ObservationModel
@@ -70,14 +71,12 @@ def imagine(obs_model: ObservationModel, dynamics: DynamicsModel, actor_critic: 
         preds = dynamics.predict(h)
         next_z = obs_model.sample(preds["z_logits"].float(), "sample")[0]
         reward = preds["reward"].float()
-        discount = torch.sigmoid(preds["discount_logit"].float()).clamp(0.0, 1.0)
-        # DreamerV2-style weights: the cumulative discount, restarting at 1 after a reset.
-        cumulative = torch.where(prev_done, torch.ones_like(cumulative), cumulative)
-        weights.append(cumulative)
-        cumulative = cumulative * discount
-        done = cumulative < discount_threshold
-        restart = restart_z[torch.randint(restart_z.shape[0], (num,), device=z.device)]
-        z = torch.where(done[:, None], restart, next_z)
+        # g_t, the DreamerV2-style weight (the cumulative discount, restarting at 1 after a reset),
+        # and the restart of the rollouts whose cumulative discount fell below the threshold.
+        restart_index = torch.randint(restart_z.shape[0], (num,), device=z.device)
+        discount, weight, cumulative, done, z = ops.discount_reset(
+            preds["discount_logit"], prev_done, cumulative, next_z, restart_z, restart_index, discount_threshold)
+        weights.append(weight)
         zs.append(z)
         actions.append(action)
         rewards.append(reward)
