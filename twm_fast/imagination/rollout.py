@@ -63,19 +63,22 @@ def imagine(obs_model: ObservationModel, dynamics: DynamicsModel, actor_critic: 
     dynamics.step_first(cache, start.z[:, 0].to(dtype), start.actions)
     z, prev_reward, prev_done = start.z[:, 1], start.rewards, start.dones
     cumulative = torch.ones(num, device=z.device)
+    # The randomness of all steps, drawn at once (three kernels, not three per step).
+    action_noise = torch.rand(horizon, num, 1, actor_critic.num_actions, device=z.device)
+    latent_noise = torch.rand(horizon, num, obs_model.num_vars, obs_model.num_classes, device=z.device)
+    restart_index = torch.randint(restart_z.shape[0], (horizon, num), device=z.device)
     zs, actions, rewards, discounts, resets, weights = [z], [], [], [], [], []
-    for _ in range(horizon):
+    for t in range(horizon):
         z_in = z.to(dtype)
-        action = actor_critic.act(z_in)
+        action = actor_critic.act(z_in, action_noise[t])
         h = dynamics.step(cache, prev_reward.to(dtype), prev_done, z_in, action)
         preds = dynamics.predict(h)
-        next_z = obs_model.sample(preds["z_logits"].float(), "sample")[0]
+        next_z = obs_model.sample(preds["z_logits"].float(), "sample", latent_noise[t])[0]
         reward = preds["reward"].float()
         # g_t, the DreamerV2-style weight (the cumulative discount, restarting at 1 after a reset),
         # and the restart of the rollouts whose cumulative discount fell below the threshold.
-        restart_index = torch.randint(restart_z.shape[0], (num,), device=z.device)
         discount, weight, cumulative, done, z = ops.discount_reset(
-            preds["discount_logit"], prev_done, cumulative, next_z, restart_z, restart_index, discount_threshold)
+            preds["discount_logit"], prev_done, cumulative, next_z, restart_z, restart_index[t], discount_threshold)
         weights.append(weight)
         zs.append(z)
         actions.append(action)

@@ -27,11 +27,15 @@ class ActorCritic(nn.Module):
         return self.critic(z).squeeze(-1)
 
     @torch.no_grad()
-    def act(self, z: torch.Tensor) -> torch.Tensor:
-        """Sample actions at temperature 1 (collection, imagination, evaluation). z (N, z_dim) -> (N,)."""
+    def act(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample actions at temperature 1 (collection, imagination, evaluation). z (N, z_dim) -> (N,).
+
+        noise: (N, 1, A) uniform noise in (0, 1), or None to draw it here (imagination draws all its
+        steps' noise at once)."""
         # fp32 logits and noise whatever the actor's dtype: bf16 uniforms would skew the Gumbel draws.
         logits = self.actor(z)[:, None].float()                                    # (N, 1, A)
-        onehot, _, _, _ = ops.categorical_sample(logits, torch.rand_like(logits), "sample")
+        noise = torch.rand_like(logits) if noise is None else noise
+        onehot, _, _, _ = ops.categorical_sample(logits, noise, "sample")
         return onehot[:, 0].argmax(-1)
 
     @torch.no_grad()

@@ -74,11 +74,13 @@ class ObservationModel(nn.Module):
         """z: (N, 1024) one-hot (flattened) -> reconstruction means (N, 4, 64, 64)."""
         return self.decoder(z)
 
-    def sample(self, logits: torch.Tensor, mode: str = "sample"):
+    def sample(self, logits: torch.Tensor, mode: str = "sample", noise: torch.Tensor | None = None):
         """One z per logits row: (N, 32, 32) -> z (N, 1024), probs, log_probs, entropy (N, 32).
 
-        mode: "sample" (no gradient), "straight_through" (training), "argmax" (acting)."""
-        noise = None if mode == "argmax" else torch.rand_like(logits)
+        mode: "sample" (no gradient), "straight_through" (training), "argmax" (acting).
+        noise: (N, 32, 32) uniform noise in (0, 1), or None to draw it here."""
+        if noise is None and mode != "argmax":
+            noise = torch.rand_like(logits)
         onehot, probs, log_probs, entropy = ops.categorical_sample(logits, noise, mode)
         return onehot.flatten(1), probs, log_probs, entropy
 
