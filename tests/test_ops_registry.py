@@ -18,6 +18,7 @@ KERNEL_TESTS = {
     "gae": "test_kernel_gae.py",
     "fused_linear": "test_kernel_fused_linear.py",
     "discount_reset": "test_kernel_discount_reset.py",
+    "episode_mask": "test_kernel_episode_mask.py",
 }
 
 
@@ -38,6 +39,10 @@ def small_args(name, keys=8, requires_grad=False):
         return logits, torch.rand(3, 4, 5), "sample"
     if name == "gae":
         return torch.randn(3, 4, requires_grad=requires_grad), torch.rand(3, 4), torch.randn(3, 5), 0.95
+    if name == "episode_mask":
+        key_token = torch.arange(-2, 6)
+        in_window = torch.rand(3, 8) < 0.7
+        return torch.randint(0, 4, (5,)), torch.rand(5) < 0.3, key_token, in_window, 4, 1
     if name == "discount_reset":
         next_z = torch.eye(4)[torch.randint(0, 4, (5,))]
         return (torch.randn(5, requires_grad=requires_grad), torch.rand(5) < 0.3, torch.rand(5), next_z,

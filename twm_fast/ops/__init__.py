@@ -26,6 +26,7 @@ import torch
 from twm_fast.reference import (
     categorical_sample_ref,
     discount_reset_ref,
+    episode_mask_ref,
     fused_linear_ref,
     gae_ref,
     rel_attention_ref,
@@ -68,6 +69,11 @@ REGISTRY: dict[str, OpEntry] = {
         discount_reset_ref,
         "twm_fast.kernels.discount_reset:discount_reset",
         "twm_fast.kernels.discount_reset:discount_reset_unsupported",
+    ),
+    "episode_mask": OpEntry(
+        episode_mask_ref,
+        "twm_fast.kernels.episode_mask:episode_mask",
+        "twm_fast.kernels.episode_mask:episode_mask_unsupported",
     ),
     "fused_linear": OpEntry(
         fused_linear_ref,
@@ -174,6 +180,17 @@ def discount_reset(discount_logit, prev_done, cumulative, next_z, restart_z, res
     """
     args = (discount_logit, prev_done, cumulative, next_z, restart_z, restart_index, threshold)
     return implementation("discount_reset", next_z.device, args)(*args)
+
+
+def episode_mask(episode_start, new_episode, key_token, in_window, boundary, z_pos):
+    """The episode-boundary mask of a cached step (SPEC 3); see
+    `twm_fast.reference.episode_mask.episode_mask_ref`.
+
+    episode_start: (B,) int64; new_episode: (B,) bool or None; key_token: (S,) int64; in_window:
+    (n, S) bool -> allowed (B, n, S) bool, episode_start (B,) int64.
+    """
+    args = (episode_start, new_episode, key_token, in_window, boundary, z_pos)
+    return implementation("episode_mask", episode_start.device, args)(*args)
 
 
 def fused_linear(x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None, eps=1e-5,
