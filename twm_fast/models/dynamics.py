@@ -271,11 +271,8 @@ class DynamicsModel(nn.Module):
         first = cache.num_tokens
         slots, key_token, dist, in_window = self._step_layout(first, windows)
         # The episode boundary is at the z token: tokens before it keep the old episode start.
-        query_start = cache.episode_start[:, None].expand(-1, n).clone()         # (B, n)
-        if new_episode is not None:
-            cache.episode_start = torch.where(new_episode, first + z_pos, cache.episode_start)
-            query_start[:, z_pos:] = cache.episode_start[:, None]
-        allowed = in_window[None] & (key_token[None, None, :] >= query_start[:, :, None])  # (B, n, S)
+        allowed, cache.episode_start = ops.episode_mask(cache.episode_start, new_episode, key_token, in_window,
+                                                        first + z_pos, z_pos)  # (B, n, S)
         for layer, kv, rel_pos in zip(self.layers, cache.kv, cache.rel_pos):
             heads = layer.attn.attend_step(layer.attn.qkv(x), kv, slots, rel_pos, self.u_bias, self.v_bias, dist,
                                            allowed)
