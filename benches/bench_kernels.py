@@ -209,6 +209,33 @@ def test_discount_reset_triton(benchmark):
     benchmark(synchronized(lambda: discount_reset(*args)))
 
 
+# ---- episode mask -------------------------------------------------------------------------------------
+def episode_mask_inputs(B=GAE_N):
+    """The last step of a paper-size rollout: token 47 of the 53-slot ring, a third of the episodes new."""
+    from twm_fast.models.dynamics import DynamicsModel
+    from twm_fast.testing import tiny_config
+
+    dynamics = DynamicsModel(tiny_config(memory_length=16), num_actions=3).to(DEVICE)
+    _, key_token, _, in_window = dynamics._step_layout(47, dynamics.step_windows)
+    return (torch.randint(0, 48, (B,), device=DEVICE), torch.rand(B, device=DEVICE) < 0.3, key_token, in_window,
+            48, 1)
+
+
+@pytest.mark.benchmark(group=f"episode_mask B={GAE_N} n=3 S=53")
+def test_episode_mask_reference(benchmark):
+    from twm_fast.reference import episode_mask_ref
+    args = episode_mask_inputs()
+    benchmark(synchronized(lambda: episode_mask_ref(*args)))
+
+
+@needs_cuda
+@pytest.mark.benchmark(group=f"episode_mask B={GAE_N} n=3 S=53")
+def test_episode_mask_triton(benchmark):
+    from twm_fast.kernels.episode_mask import episode_mask
+    args = episode_mask_inputs()
+    benchmark(synchronized(lambda: episode_mask(*args)))
+
+
 # ---- fused linear ---------------------------------------------------------------------------------------
 # linear2 of a transformer layer in an imagination step: 1024 -> 256, bias, residual, LayerNorm.
 @pytest.mark.benchmark(group=f"fused_linear linear2+residual+norm rows={LINEAR_ROWS} 1024->256")

@@ -96,7 +96,8 @@ class Report:
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
         for section in (self.attention_step, self.attention_step_cache_write, self.attention_train,
-                        self.categorical_sample, self.gae, self.discount_reset, self.fused_linear,
+                        self.categorical_sample, self.gae, self.discount_reset, self.episode_mask,
+                        self.fused_linear,
                         self.num_warps_sweep,
                         self.launch_count, self.train_step):
             try:
@@ -349,6 +350,25 @@ class Report:
         check = {"max_error": max(errors), "ok": max(errors) <= 1e-5}
         self.add("discount_reset", f"M={M} Z=1024", torch.float32, lambda: discount_reset_ref(*args),
                  lambda: discount_reset(*args), check)
+
+    def episode_mask(self):
+        """The episode-boundary mask of the last step of a rollout (token 47 of the 53-slot ring)."""
+        from twm_fast.kernels.episode_mask import episode_mask
+
+        from twm_fast.models.dynamics import DynamicsModel
+        from twm_fast.reference import episode_mask_ref
+        from twm_fast.testing import tiny_config
+
+        torch = self.torch
+        B = 37 if self.small else 800
+        dynamics = DynamicsModel(tiny_config(memory_length=16), num_actions=3).to(self.device)
+        _, key_token, _, in_window = dynamics._step_layout(47, dynamics.step_windows)
+        args = (torch.randint(0, 48, (B,), device=self.device), torch.rand(B, device=self.device) < 0.3, key_token,
+                in_window, 48, 1)
+        fast, ref = episode_mask(*args), episode_mask_ref(*args)
+        check = {"ok": all(bool(torch.equal(a, b)) for a, b in zip(fast, ref))}
+        self.add("episode_mask", f"B={B} n=3 S=53", torch.int64, lambda: episode_mask_ref(*args),
+                 lambda: episode_mask(*args), check)
 
     def fused_linear(self):
         """The three fused layers of a transformer layer in an imagination step and a head layer."""
