@@ -17,7 +17,7 @@ def test_graphed_imagination_refuses_cpu_tensors():
     config = tiny_config()
     agent = Agent(config, 3)
     graphed = GraphedImagination(agent.obs_model, agent.dynamics, agent.actor_critic, 5, 0.1)
-    with pytest.raises(ValueError, match="CUDA"):
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
         graphed(make_start(config, 4, "cpu"), random_z(3, 1, config)[:, 0])
 
 
@@ -36,7 +36,9 @@ def test_graph_replay_equals_eager_rollout(num):
     agent = Agent(config, 3).cuda()
     start, pool = make_start(config, num, "cuda"), random_z(7, 1, config)[:, 0].cuda()
     graphed = GraphedImagination(agent.obs_model, agent.dynamics, agent.actor_critic, 15, 0.1)
-    graphed(start, pool)  # capture
+    for _ in range(graphed.eager_calls + 1):  # eager calls, then the capture (and its replay)
+        graphed(start, pool)
+    assert len(graphed._graphs) == 1
     for seed in (1, 2):
         torch.manual_seed(seed)
         eager = imagine(agent.obs_model, agent.dynamics, agent.actor_critic, start, pool, 15, 0.1)
@@ -62,7 +64,9 @@ def test_agent_bfloat16_graph_sees_refreshed_weight_copies():
                          imagine_dtype="bfloat16")
     agent = Agent(config, 3).cuda()
     start, pool = make_start(config, 64, "cuda"), random_z(7, 1, config)[:, 0].cuda()
-    agent.imagine(start, pool)  # capture
+    for _ in range(3):  # eager calls, then the capture
+        agent.imagine(start, pool)
+    assert len(agent._graphed_imagination._graphs) == 1
     with torch.no_grad():
         agent.dynamics.reward_head[-1].bias.add_(1.0)
     torch.manual_seed(4)
