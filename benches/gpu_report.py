@@ -43,7 +43,8 @@ TARGETS = {"attention_step": 5.0, "attention_step+cache_write": 5.0, "categorica
 # 52.9, 160.2, 8.3 and 221.3 ms.
 TRAIN_TARGETS_MS = {"train/world_model_update": 12.0, "train/imagination": 8.0, "train/actor_critic_update": 3.0,
                     "train/whole_train_step": 25.0, "train/imagination bf16 vs fp32": 8.0,
-                    "train/world_model_update bf16 vs fp32": 12.0, "train/whole_train_step bf16 vs fp32": 25.0}
+                    "train/world_model_update bf16 vs fp32": 12.0, "train/whole_train_step bf16 vs fp32": 25.0,
+                    "train/world_model_update graph fp32": 12.0, "train/world_model_update graph bf16": 12.0}
 
 
 def parse_args(argv=None):
@@ -538,6 +539,18 @@ class Report:
             ):
                 self.add(f"train/{piece} bf16 vs fp32", shape, torch.bfloat16, with_backend("auto", True, fp32),
                          with_backend("auto", True, bf16), {"ok": True, "note": "timing only"}, graphs=False)
+            # config.world_model_cuda_graph: the update replayed from a graph (after its eager warm-up
+            # calls, which the timing's warm-up absorbs) against the eager fast path ("ref" column),
+            # fp32 and bf16.
+            if self.device == "cuda":
+                for dtype, short, base in (("float32", "fp32", agent), ("bfloat16", "bf16", agent16)):
+                    torch.manual_seed(0)
+                    graphed = Agent(replace(base.config, world_model_cuda_graph=True), 6).to(self.device)
+                    graphed.load_state_dict(base.state_dict())
+                    self.add(f"train/world_model_update graph {short}", shape, getattr(torch, dtype),
+                             with_backend("auto", True, lambda b=base: b.update_world_model(batch)),
+                             with_backend("auto", True, lambda g=graphed: g.update_world_model(batch)),
+                             {"ok": True, "note": "timing only"}, graphs=False)
         finally:
             self.repeats = repeats
 

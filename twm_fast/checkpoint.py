@@ -39,6 +39,19 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def portable_optimizer_state(optimizer) -> dict[str, Any]:
+    """The optimiser's state dict without the CUDA-graph setting (`capturable`, set by
+    twm_fast.cuda_graph.make_capturable on a GPU), so that a checkpoint resumes on any device: a
+    graphed run sets it again before its first capture."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "capturable": False} if "capturable" in group else group
+                             for group in state["param_groups"]]
+    # Adam's step counters go back to the host, where a non-capturable Adam keeps them.
+    state["state"] = {k: {**v, "step": v["step"].cpu()} if torch.is_tensor(v.get("step")) else v
+                      for k, v in state["state"].items()}
+    return state
+
+
 def save_checkpoint(directory: Path, name: str, *, agent, replay, config, counters: dict[str, Any]) -> Path:
     """Write `<directory>/<name>.pt` and `<directory>/<name>.replay`; returns the .pt path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,7 +65,7 @@ def save_checkpoint(directory: Path, name: str, *, agent, replay, config, counte
         "num_actions": agent.num_actions,
         "counters": dict(counters),
         "agent": agent.state_dict(),
-        "optimizers": {k: opt.state_dict() for k, opt in agent.optimizers().items()},
+        "optimizers": {k: portable_optimizer_state(opt) for k, opt in agent.optimizers().items()},
         "rng": rng_state(),
         "replay_file": replay_path.name,
     }

@@ -95,6 +95,9 @@ class Config:
     # The world-model updates' forward passes: "float32" as published, or "bfloat16" autocast with
     # float32 weights, optimiser and losses, and channels-last convolutions (PERF.md's route to 12 ms).
     world_model_dtype: str = "float32"
+    # On a GPU, capture the world-model update (forward, backward, clipping, Adam) in a CUDA graph and
+    # replay it, as imagination is. Off until a GPU run has measured it (PERF.md: ~1,000 kernels).
+    world_model_cuda_graph: bool = False
 
     # ---- Imagination and actor-critic (SPEC 4, 5) ---------------------------------------------
     imagine_batch_size: int = 800       # M: imagined trajectories per training step (paper 800, code 400)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from twm_fast.config import Config
+from twm_fast.cuda_graph import CapturedCall, make_capturable
 from twm_fast.imagination.graphed import GraphedImagination
 from twm_fast.imagination.rollout import ImaginationStart, Rollout, imagine
 from twm_fast.models.actor_critic import ActorCritic
@@ -28,6 +29,7 @@ class Agent(nn.Module):
         # Copies of the dynamics model and the actor-critic in config.imagine_dtype when it is not
         # float32 (a tuple, so that they are not submodules: no checkpoint, no optimiser).
         self._imagination_copies: tuple[DynamicsModel, ActorCritic] | None = None
+        self._graphed_world_model_update: CapturedCall | None = None  # config.world_model_cuda_graph
 
     @property
     def device(self) -> torch.device:
@@ -39,8 +41,9 @@ class Agent(nn.Module):
 
     def world_model_autocast(self):
         """Context for the world-model updates' forward passes: bf16 autocast when
-        config.world_model_dtype asks for it (weights, optimisers and backward stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+        config.world_model_dtype asks for it (weights, optimisers and backward stay fp32). Without
+        the cast cache, which a CUDA graph must not capture (PyTorch's CUDA-graph notes)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False,
                               enabled=self.config.world_model_dtype == "bfloat16")
 
     def discounts(self, terminated: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,17 @@ class Agent(nn.Module):
 
         batch: obs (B, L+2, 4, 64, 64) uint8 [context, window, next]; actions, rewards, terminated,
         truncated (B, L+1) [context, window]. Returns z (B, L+1, z_dim) (context + window, sampled)
-        for imagination, and metrics."""
+        for imagination, and metrics. On a GPU with config.world_model_cuda_graph, replayed from a
+        CUDA graph after the first calls."""
+        if self.config.world_model_cuda_graph and batch["obs"].is_cuda:
+            if self._graphed_world_model_update is None:
+                for optimizer in (self.obs_optimizer, self.dyn_optimizer):
+                    make_capturable(optimizer)
+                self._graphed_world_model_update = CapturedCall(self._update_world_model)
+            return self._graphed_world_model_update(batch)
+        return self._update_world_model(batch)
+
+    def _update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         c = self.config
         obs = batch["obs"]
         batch_size, length = obs.shape[0], obs.shape[1] - 2
