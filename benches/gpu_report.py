@@ -9,7 +9,7 @@ on), the GPU tests then this report:
 
     python3 -m pip install -q --no-build-isolation --no-deps -e . || ln -sfn ../kernels twm_fast/kernels
     TRITON_INTERPRET=0 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_*.py \
-        tests/test_imagination_graph.py > $OUT/pytest_gpu.txt 2>&1
+        tests/test_imagination_graph.py tests/test_cuda_graph.py > $OUT/pytest_gpu.txt 2>&1
     tail -30 $OUT/pytest_gpu.txt; TWM_COMMIT=<sha> python3 benches/gpu_report.py --out $OUT
 
 For each kernel and dtype (fp32, and bf16 on a GPU) it checks the fast path against the reference

@@ -23,7 +23,7 @@ fi
 # From another folder, so that Python imports the installed package, not the source tree.
 cd /tmp
 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO"/tests/test_kernel_*.py \
-    "$REPO"/tests/test_imagination_graph.py > "$OUT/pytest_gpu.txt" 2>&1
+    "$REPO"/tests/test_imagination_graph.py "$REPO"/tests/test_cuda_graph.py > "$OUT/pytest_gpu.txt" 2>&1
 echo "GPU tests: exit $? (last lines of $OUT/pytest_gpu.txt)"
 tail -25 "$OUT/pytest_gpu.txt"
 timeout 280 python3 "$REPO/benches/gpu_report.py" --out "$OUT" 2>&1 | tee "$OUT/gpu_report.txt"
