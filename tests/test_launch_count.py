@@ -59,3 +59,15 @@ def test_paper_model_rollout_kernel_count_does_not_regress():
     counts = rollout_counts(make_config("paper", device="cpu"), trajectories=2)
     assert counts["fast"].total <= 1_300, counts["fast"].kernels.most_common(8)
     assert counts["reference"].total > 3 * counts["fast"].total
+
+
+def test_training_updates_are_counted_and_the_fast_path_launches_fewer():
+    from twm_fast.launch_count import update_counts
+
+    counts = update_counts(tiny_config(), num_actions=3)
+    assert set(counts) == {"world_model_update", "actor_critic_update"}
+    for piece, paths in counts.items():
+        assert 0 < paths["fast"].total < paths["reference"].total, piece
+        # Backward passes are counted: the gradient kernels of SiLU show up.
+        assert paths["fast"].kernels["silu_backward"] > 0, piece
+    assert counts["world_model_update"]["fast"].kernels["triton:rel_attention"] == tiny_config().dyn_num_layers

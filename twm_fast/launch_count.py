@@ -1,6 +1,7 @@
 """Count the GPU kernels and host syncs of an imagination rollout, on any machine.
 
     python -m twm_fast.launch_count                  # paper-size model (M does not change the count)
+    python -m twm_fast.launch_count --updates        # also the world-model and actor-critic updates
     python -m twm_fast.launch_count --json out.json  # also the per-op breakdown
 
 PERF.md: a graphed plain-PyTorch rollout spends its 34 ms in about 6,000 small kernels; the 8 ms
@@ -134,24 +135,68 @@ def rollout_counts(config, num_actions: int = 6, trajectories: int = 8) -> dict[
     return counts
 
 
+def update_counts(config, num_actions: int = 6) -> dict[str, dict[str, LaunchCount]]:
+    """Kernels of a world-model update and an actor-critic update (forward, backward, clipping, Adam),
+    both paths, in the steady state (after a first update). The optimisers use their foreach
+    implementations, as on a GPU. Batch sizes do not change the counts; B = 2 and M = 8 keep it quick.
+
+    Host syncs here include Adam's `.item()` of its step counters: host tensors on a GPU too (unless
+    made capturable), so those read no device memory."""
+    from dataclasses import replace
+
+    from twm_fast.agent.agent import Agent
+    from twm_fast.testing import random_batch
+
+    config = replace(config, wm_batch_size=2, imagine_batch_size=8)
+    torch.manual_seed(0)
+    agent = Agent(config, num_actions)
+    for optimizer in agent.optimizers().values():
+        for group in optimizer.param_groups:
+            group["foreach"] = True
+    batch = random_batch(config, num_actions)
+    z, _ = agent.update_world_model(batch)
+    rollout = agent.imagine(agent.imagination_starts(z, batch, config.imagine_batch_size), z[:, 0])
+    ac = agent.actor_critic
+    pieces = {
+        "world_model_update": lambda: agent.update_world_model(batch),
+        "actor_critic_update": lambda: ac.update(rollout.z, rollout.actions, rollout.rewards, rollout.discounts,
+                                                 rollout.resets, rollout.weights),
+    }
+    counts = {}
+    for piece, fn in pieces.items():
+        fn()
+        counts[piece] = {}
+        for name, fast in (("reference", False), ("fast", True)):
+            with count_launches(fast) as count:
+                fn()
+            counts[piece][name] = count
+    return counts
+
+
 def main(argv=None) -> int:
     from twm_fast.config import PRESETS, make_config
 
-    parser = argparse.ArgumentParser(description="Kernels and host syncs of one imagination rollout.")
+    parser = argparse.ArgumentParser(description="Kernels and host syncs of one imagination rollout "
+                                     "(and of the training updates with --updates).")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    parser.add_argument("--updates", action="store_true", help="also the world-model and actor-critic updates")
     parser.add_argument("--json", help="write the per-op counts here")
     args = parser.parse_args(argv)
     config = make_config(args.preset, device="cpu")
-    counts = rollout_counts(config)
-    print(f"one imagination rollout, preset {args.preset!r}: {config.dyn_num_layers} layers, "
-          f"H = {config.imagine_horizon} (the count does not depend on M)")
-    for name, count in counts.items():
-        top = ", ".join(f"{op} {n}" for op, n in count.kernels.most_common(6))
-        print(f"{name:>9}: {count.total:5d} kernels, {sum(count.syncs.values())} host syncs  ({top}, ...)")
+    pieces = {"imagination": rollout_counts(config)}
+    print(f"preset {args.preset!r}: {config.dyn_num_layers} layers, H = {config.imagine_horizon} (batch sizes do "
+          "not change the counts)")
+    if args.updates:
+        pieces.update(update_counts(config))
+    for piece, counts in pieces.items():
+        print(piece)
+        for name, count in counts.items():
+            top = ", ".join(f"{op} {n}" for op, n in count.kernels.most_common(6))
+            print(f"  {name:>9}: {count.total:5d} kernels, {sum(count.syncs.values())} host syncs  ({top}, ...)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({name: {"kernels": dict(c.kernels), "syncs": dict(c.syncs), "total": c.total}
-                       for name, c in counts.items()}, f, indent=2)
+            json.dump({piece: {name: {"kernels": dict(c.kernels), "syncs": dict(c.syncs), "total": c.total}
+                               for name, c in counts.items()} for piece, counts in pieces.items()}, f, indent=2)
     return 0
 
 
