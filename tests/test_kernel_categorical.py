@@ -4,7 +4,6 @@ The one-hot sample must equal the reference's exactly for the same noise, in eve
 kernel rounds where PyTorch rounds); probabilities, log-probabilities and entropy are compared with
 tolerances; the draws pass a chi-square test.
 """
-import os
 
 import pytest
 import torch
@@ -13,14 +12,10 @@ from twm_fast.kernels import categorical as kernel
 from twm_fast.kernels.categorical import CategoricalSample, categorical_sample_bwd, categorical_sample_fwd
 
 from twm_fast.reference import categorical_sample_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
+from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 # Uniform noise of 0 (fp16 rounds small draws to 0, and the edge test feeds it) gives log(0) = -inf in
 # both paths, as the reference does; the interpreter's numpy says so.
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")

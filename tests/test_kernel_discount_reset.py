@@ -3,7 +3,6 @@
 On a CPU the kernel runs in the Triton interpreter (tiny shapes, fp32); the `gpu` tests run it
 compiled at the size of an imagination step, also with bf16 logits (run them with TRITON_INTERPRET=0).
 """
-import os
 
 import pytest
 import torch
@@ -12,13 +11,10 @@ from twm_fast.kernels import discount_reset as kernel
 from twm_fast.kernels.discount_reset import discount_reset
 
 from twm_fast.reference import discount_reset_ref
+from twm_fast.testing import compiled_only, kernel_devices
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 THRESHOLD = 0.1  # SPEC 5.3
 
 

@@ -3,7 +3,6 @@
 On a CPU the kernel runs in the Triton interpreter; the `gpu` test runs it compiled at the size of an
 imagination step (run it with TRITON_INTERPRET=0).
 """
-import os
 
 import pytest
 import torch
@@ -12,14 +11,10 @@ from twm_fast.kernels.episode_mask import episode_mask
 
 from twm_fast.models.dynamics import DynamicsModel
 from twm_fast.reference import episode_mask_ref
-from twm_fast.testing import tiny_config
+from twm_fast.testing import compiled_only, kernel_devices, tiny_config
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 
 
 def make_step(B, first, n, memory_length, device="cpu", new_episodes=True):

@@ -3,7 +3,6 @@
 On a CPU the kernel runs in the Triton interpreter (tiny shapes, fp32); the `gpu` tests run it
 compiled at the sizes of an imagination step, in fp32 and bf16 (run them with TRITON_INTERPRET=0).
 """
-import os
 
 import pytest
 import torch
@@ -12,14 +11,10 @@ from twm_fast.kernels import fused_linear as kernel
 from twm_fast.kernels.fused_linear import fused_linear_fwd
 
 from twm_fast.reference import fused_linear_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
+from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 # The epilogues the models use: a plain projection, a head layer (SiLU in), a hidden MLP layer
 # (SiLU out), both, and a post-norm sublayer (residual + LayerNorm), with and without a bias.
 EPILOGUES = {

@@ -1,5 +1,4 @@
 """The GAE kernel (`gae_fwd`) against its twin."""
-import os
 
 import pytest
 import torch
@@ -7,13 +6,10 @@ from twm_fast.kernels import gae as kernel
 from twm_fast.kernels.gae import gae_fwd
 
 from twm_fast.reference import gae_ref
+from twm_fast.testing import compiled_only, kernel_devices
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 LAMBDA = 0.95  # SPEC 1
 
 

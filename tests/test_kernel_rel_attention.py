@@ -3,7 +3,6 @@
 On a CPU the kernels run in the Triton interpreter (tiny shapes); the `gpu` tests run the compiled
 kernels at full size in fp32 and bf16 (run them with TRITON_INTERPRET=0).
 """
-import os
 
 import pytest
 import torch
@@ -12,15 +11,10 @@ from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd, rel_
 
 from twm_fast.reference import attention as reference_module
 from twm_fast.reference import rel_attention_ref, rel_attention_step_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound
+from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Compiled kernels on a GPU need the interpreter off (tests/conftest.py turns it on by default).
-COMPILED = pytest.mark.skipif(INTERPRET and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need the interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, COMPILED]),
-]
+COMPILED = compiled_only()
+DEVICES = kernel_devices()
 SCALE = 1 / 16  # 1/sqrt(256), SPEC 3
 MASKS = ["full", "self_only", "boundary_everywhere", "random"]
 

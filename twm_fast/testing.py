@@ -1,6 +1,8 @@
 """Small configurations and inputs for tests and benchmarks (importable from any test module)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +49,24 @@ def assert_fp32_close_or_within_bf16_bound(name: str, fast: torch.Tensor, ref_lo
     else:
         bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
         assert error <= bound, f"{name}: {dtype} kernel error {error} > 2 x {dtype} reference error {bound / 2}"
+
+
+def compiled_only():
+    """pytest mark: skip a GPU test when the kernels would run in the interpreter (tests/conftest.py
+    turns it on unless TRITON_INTERPRET=0 is set; it is read when a kernel module is imported)."""
+    import pytest
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return pytest.mark.skipif(interpreted and torch.cuda.is_available(), reason="run with TRITON_INTERPRET=0")
+
+
+def kernel_devices() -> list:
+    """pytest params of a kernel test's device: the CPU through the Triton interpreter (CI), and a
+    compiled GPU run (marked `gpu`)."""
+    import pytest
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return [
+        pytest.param("cpu", marks=pytest.mark.skipif(not interpreted, reason="CPU tensors need the interpreter")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, compiled_only()]),
+    ]
