@@ -91,6 +91,7 @@ class Report:
         self.sweeps: list[dict] = []
         self.errors: list[dict] = []
         self.launches: dict = {}
+        self.profile_summary: dict = {}
         self.env = environment(device)
 
     # ---- plumbing -----------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class Report:
                         self.categorical_sample, self.gae, self.discount_reset, self.episode_mask,
                         self.fused_linear,
                         self.num_warps_sweep,
-                        self.launch_count, self.train_step):
+                        self.launch_count, self.train_step, self.profile):
             try:
                 section()
             except Exception as error:  # one broken kernel must not hide the others' numbers
@@ -114,7 +115,7 @@ class Report:
 
     def save(self):
         payload = {"environment": self.env, "rows": self.rows, "num_warps_sweep": self.sweeps,
-                   "launches_per_rollout": self.launches,
+                   "launches_per_rollout": self.launches, "profile": self.profile_summary,
                    "errors": self.errors, "repeats": self.repeats, "warmup": self.warmup}
         (self.out / "gpu_report.json").write_text(json.dumps(payload, indent=2, default=str))
 
@@ -554,6 +555,48 @@ class Report:
         finally:
             self.repeats = repeats
 
+    def profile(self):
+        """Where one whole training step spends its time, fast path (graphs on, fp32): torch.profiler's
+        table, sorted by device time, to OUT/profile_train_step.txt, and the kernel count per piece
+        (on a GPU: CUDA kernels the profiler saw, graph replays included where CUPTI reports them)."""
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        from twm_fast.agent.agent import Agent
+        from twm_fast.config import make_config
+        from twm_fast.testing import random_batch, tiny_config
+
+        torch = self.torch
+        config = tiny_config() if self.small else make_config("paper", device=self.device)
+        torch.manual_seed(0)
+        agent = Agent(config, num_actions=6).to(self.device)
+        batch = {k: v.to(self.device) for k, v in random_batch(config, 6).items()}
+        restart_obs = torch.randint(0, 256, (config.imagine_batch_size, 4, 64, 64), dtype=torch.uint8,
+                                    device=self.device)
+        for _ in range(4):  # past the eager calls and the capture of the imagination graph
+            agent.train_step(batch, restart_obs)
+        self.sync()
+        cuda = self.device == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch_profile(activities=activities) as prof:
+            agent.train_step(batch, restart_obs)
+            self.sync()
+        averages = prof.key_averages()
+
+        def total_us(e):
+            return getattr(e, "device_time_total", 0) if cuda else e.cpu_time_total
+
+        table = averages.table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=40)
+        (self.out / "profile_train_step.txt").write_text(table)
+        kernels = [e for e in prof.events() if cuda and e.device_type == torch.autograd.DeviceType.CUDA]
+        self.profile_summary = {
+            "file": "profile_train_step.txt",
+            "cuda_kernels": len(kernels),
+            "cuda_time_ms": sum(e.time_range.elapsed_us() for e in kernels) / 1e3,
+            "top": [{"name": e.key[:80], "count": e.count, "time_ms": total_us(e) / 1e3}
+                    for e in sorted(averages, key=total_us, reverse=True)[:10]],
+        }
+
     def print_table(self):
         env = self.env
         print(f"\n{env['device_name']} | torch {env['torch']} | triton {env['triton']} | "
@@ -563,6 +606,10 @@ class Report:
             print(f"best num_warps: {sweep}")
         for name, launches in self.launches.items():
             print(f"kernels per imagination rollout, {name}: {launches['total']} ({launches['syncs']} host syncs)")
+        if self.profile_summary:
+            summary = self.profile_summary
+            print(f"profile of one training step: {summary['cuda_kernels']} CUDA kernels, "
+                  f"{summary['cuda_time_ms']:.1f} ms of kernel time; table in {summary['file']}")
         for error in self.errors:
             print(f"ERROR in {error['section']}: {error['error']}")
         header = f"{'op':<38} {'shape':<34} {'dtype':<8} {'ref ms':>8} {'fast ms':>8} {'speedup':>8} " \

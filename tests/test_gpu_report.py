@@ -22,6 +22,7 @@ def test_gpu_report_runs_on_the_cpu(tmp_path):
     assert {"attention_step", "attention_train_fwd_bwd", "categorical_sample", "gae"} <= ops
     assert {"train/world_model_update", "train/imagination", "train/whole_train_step"} <= ops
     assert {"fused_linear out_proj+residual+norm", "fused_linear linear1+silu"} <= ops
+    assert report["profile"]["top"] and (tmp_path / "profile_train_step.txt").read_text().strip()
     launches = report["launches_per_rollout"]
     assert launches["fast"]["total"] < launches["reference"]["total"]
     assert launches["fast"]["syncs"] == 0
