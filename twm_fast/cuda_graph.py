@@ -46,6 +46,11 @@ def tensors_of(obj: Any) -> list[torch.Tensor]:
     return found
 
 
+def on_cuda(tensors: list[torch.Tensor]) -> bool:
+    """Whether these inputs can run in a CUDA graph: all on a CUDA device (and at least one)."""
+    return bool(tensors) and all(t.is_cuda for t in tensors)
+
+
 @dataclasses.dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
@@ -73,7 +78,7 @@ class CapturedCall:
 
     def __call__(self, *args):
         tensors = tensors_of(args)
-        if not tensors or not all(t.is_cuda for t in tensors):
+        if not on_cuda(tensors):
             raise ValueError("a CUDA graph needs CUDA tensors; on a CPU call the function directly")
         key = self._key(args)
         captured = self._graphs.get(key)

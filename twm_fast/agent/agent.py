@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from twm_fast import cuda_graph
 from twm_fast.config import Config
 from twm_fast.cuda_graph import CapturedCall, make_capturable
 from twm_fast.imagination.graphed import GraphedImagination
@@ -83,7 +84,7 @@ class Agent(nn.Module):
         truncated (B, L+1) [context, window]. Returns z (B, L+1, z_dim) (context + window, sampled)
         for imagination, and metrics. On a GPU with config.world_model_cuda_graph, replayed from a
         CUDA graph after the first calls."""
-        if self.config.world_model_cuda_graph and batch["obs"].is_cuda:
+        if self.config.world_model_cuda_graph and cuda_graph.on_cuda(list(batch.values())):
             if self._graphed_world_model_update is None:
                 for optimizer in (self.obs_optimizer, self.dyn_optimizer):
                     make_capturable(optimizer)
@@ -162,7 +163,7 @@ class Agent(nn.Module):
         """The rollout of SPEC 5.3; on a GPU replayed from a CUDA graph (config.imagine_cuda_graph)."""
         c = self.config
         dynamics, actor_critic = self.imagination_models()
-        if c.imagine_cuda_graph and start.z.is_cuda:
+        if c.imagine_cuda_graph and cuda_graph.on_cuda([start.z, restart_z]):
             if self._graphed_imagination is None or self._graphed_imagination.modules[1] is not dynamics:
                 self._graphed_imagination = GraphedImagination(
                     self.obs_model, dynamics, actor_critic, c.imagine_horizon, c.imagine_discount_threshold)
