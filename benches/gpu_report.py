@@ -484,12 +484,8 @@ class Report:
 
     # ---- output ---------------------------------------------------------------------------------------
     # ---- the whole training step (PERF.md's pieces) ------------------------------------------------------
-    def train_step(self):
-        """World-model update, imagination, actor-critic update and the whole step of the agent at
-        paper size (B = 100, L = 16, M = 800, H = 15; tiny on a CPU): the reference path (all ops on
-        the plain-PyTorch twins, imagination eager) against the fast path (the dispatch default, i.e.
-        the kernels on a GPU, and imagination replayed from a CUDA graph). Timing only: correctness
-        is checked in the kernel rows above and in the tests."""
+    def training_setup(self):
+        """A paper-size agent (tiny on a CPU) with a random replay batch and restart observations."""
         from twm_fast.agent.agent import Agent
         from twm_fast.config import make_config
         from twm_fast.testing import random_batch, tiny_config
@@ -501,6 +497,18 @@ class Report:
         batch = {k: v.to(self.device) for k, v in random_batch(config, 6).items()}
         restart_obs = torch.randint(0, 256, (config.imagine_batch_size, 4, 64, 64), dtype=torch.uint8,
                                     device=self.device)
+        return config, agent, batch, restart_obs
+
+    def train_step(self):
+        """World-model update, imagination, actor-critic update and the whole step of the agent at
+        paper size (B = 100, L = 16, M = 800, H = 15; tiny on a CPU): the reference path (all ops on
+        the plain-PyTorch twins, imagination eager) against the fast path (the dispatch default, i.e.
+        the kernels on a GPU, and imagination replayed from a CUDA graph). Timing only: correctness
+        is checked in the kernel rows above and in the tests."""
+        from twm_fast.agent.agent import Agent
+
+        torch = self.torch
+        config, agent, batch, restart_obs = self.training_setup()
         z, _ = agent.update_world_model(batch)
         start = agent.imagination_starts(z, batch, config.imagine_batch_size)
         restart_z = agent.restart_latents(restart_obs)
@@ -581,17 +589,8 @@ class Report:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
-        from twm_fast.agent.agent import Agent
-        from twm_fast.config import make_config
-        from twm_fast.testing import random_batch, tiny_config
-
         torch = self.torch
-        config = tiny_config() if self.small else make_config("paper", device=self.device)
-        torch.manual_seed(0)
-        agent = Agent(config, num_actions=6).to(self.device)
-        batch = {k: v.to(self.device) for k, v in random_batch(config, 6).items()}
-        restart_obs = torch.randint(0, 256, (config.imagine_batch_size, 4, 64, 64), dtype=torch.uint8,
-                                    device=self.device)
+        _, agent, batch, restart_obs = self.training_setup()
         for _ in range(4):  # past the eager calls and the capture of the imagination graph
             agent.train_step(batch, restart_obs)
         self.sync()
