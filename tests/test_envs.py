@@ -198,7 +198,7 @@ assert canonical_game("ms_pacman") == "MsPacman"
 try:
     make_env("Pong", seed=0, train=True, config=Config())
 except ImportError as error:
-    assert 'pip install "twm-fast[atari]"' in str(error), error
+    assert 'pip install "gymnasium>=1.0" "ale-py>=0.9" opencv-python-headless' in str(error), error
 else:
     raise AssertionError("no ImportError")
 """

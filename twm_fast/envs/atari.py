@@ -21,7 +21,9 @@ ATARI_100K_GAMES = (
     "RoadRunner", "Seaquest", "UpNDown",
 )
 
-INSTALL_HINT = 'Atari games need gymnasium, ale-py and opencv: pip install "twm-fast[atari]"'
+# A command that works in any venv (twm-fast itself is not on the package index).
+INSTALL_HINT = ('Atari games need gymnasium, ale-py and opencv: '
+                'pip install "gymnasium>=1.0" "ale-py>=0.9" opencv-python-headless')
 
 FIRE = 1
 NOOP = 0

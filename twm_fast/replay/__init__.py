@@ -6,6 +6,7 @@ Two backends with one API: `FastReplay` (C++ core in csrc/, the default) and `Re
 
 from __future__ import annotations
 
+from twm_fast.install import install_command, install_problem
 from twm_fast.replay.reference import ReferenceReplay, ReplayFileError
 
 try:
@@ -43,9 +44,10 @@ def replay_class(backend: str):
         return ReferenceReplay
     if backend == "cpp":
         if FastReplay is None:
-            raise ImportError(
-                "replay backend 'cpp' needs the twm_fast._replay extension: "
-                "pip install --no-build-isolation -e ."
-            ) from _FAST_IMPORT_ERROR
+            problem = install_problem(("twm_fast._replay",)) or (
+                f"the twm_fast._replay extension does not load ({_FAST_IMPORT_ERROR}); rebuild it with "
+                f"{install_command()}")
+            raise ImportError(f"replay backend 'cpp': {problem} (or use replay_backend=reference, the numpy "
+                              "twin)") from _FAST_IMPORT_ERROR
         return FastReplay
     raise ValueError(f"unknown replay backend {backend!r}: use 'cpp' or 'reference'")
