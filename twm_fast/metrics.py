@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard events, and progress bars."""
+"""Where a run's numbers go: metrics.jsonl, TensorBoard events, and a progress bar for short jobs
+(a training run's display is `twm_fast.progress`)."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ class MetricsLog:
         except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
             self._tb = None
         self._pending: dict[str, list[float]] = defaultdict(list)
+        self._flushed: dict[str, float] = {}  # the latest flushed mean of every key
 
     def accumulate(self, metrics: dict[str, Any]) -> None:
         """Collect metrics of many steps; `flush` writes their means."""
@@ -41,9 +43,14 @@ class MetricsLog:
         """Whether metrics were accumulated since the last flush."""
         return any(self._pending.values())
 
+    def running_means(self) -> dict[str, float]:
+        """For a live display: the means since the last flush, else the latest flushed means."""
+        return {**self._flushed, **{k: sum(v) / len(v) for k, v in self._pending.items() if v}}
+
     def flush(self, step: int, **extra: Any) -> dict[str, float]:
         means = {k: sum(v) / len(v) for k, v in self._pending.items() if v}
         self._pending.clear()
+        self._flushed.update(means)
         self.write(step, {**means, **extra})
         return means
 
