@@ -13,11 +13,7 @@ import torch
 
 from twm_fast.config import Config, make_config
 from twm_fast.replay import replay_class
-
-# Catch with the quick preset shrunk further: 200 prefill steps, 200 collected, 40 training steps.
-TINY = ["env_steps=400", "prefill_steps=200", "pretrain_budget=3000", "total_budget=14520",
-        "imagine_batch_size=16", "eval_every=100", "eval_episodes=2", "final_eval_episodes=2",
-        "checkpoint_every=100", "pretrain_obs_batch_size=64"]
+from twm_fast.testing import TINY_RUN as TINY  # Catch with the quick preset shrunk further
 
 
 def run_cli(*args, module="twm_fast.train", check=True, cwd=None):

@@ -27,6 +27,7 @@ class Config:
     seed: int = 0                       # seeds torch, numpy, the envs and the replay sampler
     device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     replay_backend: str = "cpp"         # "cpp" (the C++ ring buffer) or "reference" (numpy twin)
+    threads: int = 0                    # torch CPU threads; 0: chosen at start (train.choose_threads), then saved
 
     # ---- Environment (SPEC 1) ---------------------------------------------------------------
     frame_size: int = 64                # observations are frame_size x frame_size grayscale
@@ -144,6 +145,7 @@ class Config:
              "dyn_num_heads * dyn_head_dim must equal dyn_embed_dim")
         need(self.total_budget > self.pretrain_budget, "total_budget must exceed pretrain_budget")
         need(self.frame_size == 64, "the observation model's conv stack expects frame_size=64")
+        need(self.threads >= 0, f"threads={self.threads} must be >= 0 (0: chosen for the machine)")
         need(self.world_model_dtype in WORLD_MODEL_DTYPES,
              f"world_model_dtype={self.world_model_dtype!r} must be one of {', '.join(WORLD_MODEL_DTYPES)}")
         need(self.imagine_dtype in IMAGINE_DTYPES,

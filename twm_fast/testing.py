@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from twm_fast.config import Config, make_config
 
 
+# Overrides of the quick preset for a whole run in well under a minute on a CPU (Catch): 200 prefill
+# steps, 200 collected, 40 training steps, an evaluation every 100 env steps.
+TINY_RUN = ["env_steps=400", "prefill_steps=200", "pretrain_budget=3000", "total_budget=14520",
+            "imagine_batch_size=16", "eval_every=100", "eval_episodes=2", "final_eval_episodes=2",
+            "checkpoint_every=100", "pretrain_obs_batch_size=64"]
+
+
 def tiny_config(**overrides) -> Config:
     """A model small enough for unit tests on a CPU, same structure as the paper's."""
     base = dict(z_categoricals=4, z_categories=5, obs_channels=4, obs_hidden_dims=(16,), dyn_embed_dim=16,

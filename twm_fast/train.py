@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -19,13 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from twm_fast import ops
 from twm_fast.agent.agent import Agent
 from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from twm_fast.config import PRESETS, Config, make_config
 from twm_fast.envs import canonical_game, make_env
+from twm_fast.envs.atari import import_gymnasium
+from twm_fast.estimate import Machine, describe_hours, phase_seconds, run_hours
 from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
-from twm_fast.metrics import MetricsLog, progress
+from twm_fast.install import install_problem
+from twm_fast.metrics import MetricsLog
+from twm_fast.progress import Phase, RunProgress
 from twm_fast.replay import make_replay, replay_class
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
@@ -34,6 +40,9 @@ PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "don
 LOG_EVERY_TRAIN_STEPS = 50
 # A CPU run whose estimate exceeds this many hours is refused unless --allow-slow is given.
 CPU_REFUSE_HOURS = 12.0
+# All cores' threads are used by default only where they run matmuls at least this much faster than
+# one thread (two free cores: about 1.9x; two busy ones: below 1x).
+MULTITHREAD_GAIN = 1.3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,6 +63,42 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def choose_threads(requested: int, device: torch.device) -> tuple[int, str]:
+    """torch's CPU threads for a run and why: `requested`, or for 0 what pays on this machine now.
+
+    Where several cores are free, torch's default (one per core) ran the quick preset's training
+    steps about 1.6 times faster than one thread; where other processes kept the cores busy, two
+    threads ran them 4 to 6 times slower than one, each op waiting for the descheduled thread
+    (README, Measured). So the default times matmuls with one thread and with all of them, in a
+    fraction of a second, and takes all only where they are clearly faster."""
+    if requested > 0:
+        return requested, "as requested"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = int(os.environ.get("OMP_NUM_THREADS") or usable)  # torch's own default
+    if cores <= 1:
+        return 1, "one core"
+    torch.set_num_threads(1)
+    one = Machine.probe(torch.device("cpu"), 0.15).matmul_flops
+    torch.set_num_threads(cores)
+    every = Machine.probe(torch.device("cpu"), 0.15).matmul_flops
+    if every >= MULTITHREAD_GAIN * one:
+        return cores, f"{cores} ran matmuls {every / one:.1f}x as fast as one"
+    return 1, f"{cores} ran matmuls at {every / one:.2f}x the speed of one: the cores are busy"
+
+
+def check_installed(config: Config, device: torch.device) -> None:
+    """ImportError (one line, with the command that fixes it) when the run needs a part this install lacks."""
+    needed = ("twm_fast._replay",) if config.replay_backend == "cpp" else ()
+    if device.type == "cuda" and ops.backend() != "torch":
+        needed += ("twm_fast.kernels",)
+    problem = install_problem(needed)
+    if problem:
+        raise ImportError(problem + (" (or train on the numpy replay: replay_backend=reference)"
+                                     if "twm_fast._replay" in problem else ""))
+    if config.game != "catch":
+        import_gymnasium()
 
 
 def seed_everything(seed: int) -> None:
@@ -103,37 +148,19 @@ class WindowReader:
         return batch, batch.pop("restart_obs")
 
 
-def estimate_hours(config: Config, device: torch.device) -> float:
-    """Rough wall time of a whole run from the multiply-adds of a training step and this machine's
-    measured matmul rate (the CPU path is compute bound; see PERF.md for the GPU picture)."""
-    a = torch.randn(512, 512, device=device)
-    rate_start = time.perf_counter()
-    reps = 0
-    while time.perf_counter() - rate_start < 0.3:
-        a @ a
-        reps += 1
-    flops_per_s = 2 * 512 ** 3 * reps / (time.perf_counter() - rate_start)
-    # Per training step: ~3x forward cost for B*L frames through the conv VAE (~0.1 G MACs each
-    # at paper size, scaled by channels^2) and ~28 M MACs per imagined rollout-step (PERF.md).
-    width = (config.obs_channels / 48) ** 2
-    frames = config.wm_batch_size * (config.wm_sequence_length + 2)
-    wm_flops = 3 * 2 * 0.1e9 * width * frames
-    imag_flops = 2 * 28e6 * (config.dyn_embed_dim / 256) ** 2 * config.imagine_batch_size * config.imagine_horizon
-    pre = config.pretrain_updates()
-    seconds = (config.num_train_steps * (wm_flops + imag_flops) + (pre["obs"] + pre["dyn"]) * wm_flops) / flops_per_s
-    return seconds / 3600
-
-
 class Trainer:
     """Owns the run directory, the env, the agent, the replay and the counters of one run."""
 
     def __init__(self, config: Config, run_dir: Path, device: torch.device, resume: dict | None = None,
-                 show_progress: bool = True, stop_after: int | None = None):
+                 show_progress: bool = True, stop_after: int | None = None, live: bool | None = None,
+                 heartbeat_s: float = 60.0, machine: Machine | None = None):
+        """show_progress: the run's progress display (`twm_fast.progress`), live on a terminal (or as
+        `live` says), else heartbeat lines every `heartbeat_s`; its estimates are for `machine`
+        (probed here when not given)."""
         self.config = config
         self.stop_after = stop_after
         self.run_dir = run_dir
         self.device = device
-        self.show_progress = show_progress
         (run_dir / "images").mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(run_dir)
         seed_everything(config.seed)
@@ -149,6 +176,28 @@ class Trainer:
             self.replay.add_first(self.obs)
         else:
             self._restore(resume)
+        if show_progress:
+            if live is None:  # a terminal that can move its cursor; else (a log, a pipe) heartbeat lines
+                live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+            self.progress = RunProgress(self._progress_phases(machine or Machine.probe(device)), live=live,
+                                        heartbeat_s=heartbeat_s, losses=self.log.running_means)
+            evals = self.counters["evals"]
+            self.progress.update(train_steps=self.counters["train_steps"], train_steps_total=config.num_train_steps,
+                                 next_eval=self._next_eval(), **(self._eval_fields(evals[-1]) if evals else {}))
+        else:
+            self.progress = _NoProgress()
+
+    def _progress_phases(self, machine: Machine) -> list[Phase]:
+        """The display's phases: SPEC 7's schedule, then the final evaluation (timed once evaluations ran)."""
+        c = self.config
+        per_unit = phase_seconds(c, machine)
+        pre = c.pretrain_updates()
+        return [Phase("prefill", "prefill", c.prefill_steps, "env steps", per_unit["prefill"]),
+                Phase("pretrain_obs", "pretrain obs model", pre["obs"], "updates", per_unit["pretrain_obs"]),
+                Phase("pretrain_dyn", "pretrain dynamics", pre["dyn"], "updates", per_unit["pretrain_dyn"]),
+                Phase("pretrain_ac", "pretrain actor-critic", pre["ac"], "updates", per_unit["pretrain_ac"]),
+                Phase("main", "main loop", c.env_steps, "env steps", per_unit["main"], first=c.prefill_steps),
+                Phase("final_eval", "final evaluation", c.final_eval_episodes, "episodes", 0.0)]
 
     # ---- Checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, name: str = "latest") -> Path:
@@ -177,6 +226,7 @@ class Trainer:
         self.counters["episode_return"] += reward
         if terminated or truncated:
             self.log.write(self.counters["env_steps"] + 1, {"train/episode_return": self.counters["episode_return"]})
+            self.progress.update(episode_return=self.counters["episode_return"])
             self.counters["episode_return"] = 0.0
             self.counters["episodes"] += 1
             next_obs, _ = self.env.reset()
@@ -193,25 +243,36 @@ class Trainer:
     # ---- Phases ---------------------------------------------------------------------------------------
     def run(self) -> dict:
         c = self.config
-        if self.counters["phase"] == "prefill":
-            self.prefill()
-            self._next_phase()
-        if self.counters["phase"] == "pretrain_obs":
-            self.pretrain_obs()
-            self._next_phase()
-        if self.counters["phase"] == "pretrain_dyn":
-            self.pretrain_dyn()
-            self._next_phase()
-        if self.counters["phase"] == "pretrain_ac":
-            self.pretrain_ac()
-            self.evaluate_and_draw(c.eval_episodes)
-            self._next_phase()
-        if self.counters["phase"] == "main":
-            self.main_loop()
-            final = self.evaluate_and_draw(c.final_eval_episodes, final=True)
-            self._next_phase()
-            self.checkpoint("final")
-            self.write_scores(final)
+        try:
+            if self.counters["phase"] == "prefill":
+                self.progress.start_phase("prefill", self.counters["env_steps"])
+                self.prefill()
+                self._next_phase()
+            if self.counters["phase"] == "pretrain_obs":
+                self.progress.start_phase("pretrain_obs", self.counters["phase_updates"])
+                self.pretrain_obs()
+                self._next_phase()
+            if self.counters["phase"] == "pretrain_dyn":
+                self.progress.start_phase("pretrain_dyn", self.counters["phase_updates"])
+                self.pretrain_dyn()
+                self._next_phase()
+            if self.counters["phase"] == "pretrain_ac":
+                self.progress.start_phase("pretrain_ac", self.counters["phase_updates"])
+                self.pretrain_ac()
+                self.evaluate_and_draw(c.eval_episodes)
+                self._next_phase()
+            if self.counters["phase"] == "main":
+                self.progress.start_phase("main", self.counters["env_steps"])
+                self.main_loop()
+                self.progress.finish_phase()
+                self.progress.start_phase("final_eval")
+                final = self.evaluate_and_draw(c.final_eval_episodes, final=True)
+                self.progress.advance(c.final_eval_episodes)
+                self._next_phase()
+                self.checkpoint("final")
+                self.write_scores(final)
+        finally:
+            self.progress.close()  # so that what is printed next starts on a clean line
         self.log.close()
         return self.counters
 
@@ -219,21 +280,17 @@ class Trainer:
         if self.log.pending:  # the phase's last updates, so they are not reported under the next phase
             self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
                            phase_updates=self.counters["phase_updates"])
+        self.progress.finish_phase()
         self.counters["phase"] = PHASES[PHASES.index(self.counters["phase"]) + 1]
         self.counters["phase_updates"] = 0
         self.checkpoint()
 
-    def _bar(self, total: int, desc: str, initial: int = 0, unit: str = "step"):
-        return progress(total, desc, initial, unit) if self.show_progress else _NullBar()
-
     def prefill(self) -> None:
         """Uniform random actions for the first prefill_steps env steps (SPEC 7)."""
         c = self.config
-        bar = self._bar(c.prefill_steps, "prefill", self.counters["env_steps"])
         while self.counters["env_steps"] < c.prefill_steps:
             self.env_step(int(self.env.action_space.sample()))
-            bar.update(1)
-        bar.close()
+            self.progress.advance()
 
     def _prefill_data(self) -> dict[str, torch.Tensor]:
         """All prefill steps as one window: obs (n+1, ...), actions/rewards/dones (n,) of steps 0..n-1."""
@@ -252,15 +309,13 @@ class Trainer:
         c = self.config
         total = c.pretrain_updates()["obs"]
         data = self._prefill_data()["obs"]
-        bar = self._bar(total, "pretrain obs model", self.counters["phase_updates"], "update")
         order = torch.empty(0, dtype=torch.long)
         while self.counters["phase_updates"] < total:
             if len(order) < c.pretrain_obs_batch_size:
                 order = torch.randperm(len(data))
             idx, order = order[:c.pretrain_obs_batch_size], order[c.pretrain_obs_batch_size:]
             metrics = self.agent.pretrain_obs_model(data[idx.to(self.device)])
-            self._count_update(metrics, bar)
-        bar.close()
+            self._count_update(metrics)
 
     @torch.no_grad()
     def _frozen_encodings(self, obs: torch.Tensor) -> torch.Tensor:
@@ -282,7 +337,6 @@ class Trainer:
         data = self._prefill_data()
         logits = self._frozen_encodings(data["obs"])                                 # (n+1, 32, 32)
         om = self.agent.obs_model
-        bar = self._bar(total, "pretrain dynamics", self.counters["phase_updates"], "update")
         L = c.wm_sequence_length
         while self.counters["phase_updates"] < total:
             for steps in self._uniform_windows(L, c.wm_batch_size):
@@ -295,10 +349,9 @@ class Trainer:
                 metrics = self.agent.pretrain_dynamics(
                     z, actions, rewards, data["terminated"][context], data["truncated"][context],
                     logits[steps[:, 1:] + 1])
-                self._count_update(metrics, bar)
+                self._count_update(metrics)
                 if self.counters["phase_updates"] >= total:
                     break
-        bar.close()
 
     def pretrain_ac(self) -> None:
         """Actor-critic on real data: critic regression and actor entropy (pretrain_ac_fraction x 5e7)."""
@@ -308,7 +361,6 @@ class Trainer:
         logits = self._frozen_encodings(data["obs"])
         om = self.agent.obs_model
         H = c.imagine_horizon
-        bar = self._bar(total, "pretrain actor-critic", self.counters["phase_updates"], "update")
         while self.counters["phase_updates"] < total:
             for steps in self._uniform_windows(H, c.imagine_batch_size):
                 steps = steps[:, 1:].to(self.device)                                   # (N, H) steps s..s+H-1
@@ -316,49 +368,43 @@ class Trainer:
                 z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
                 metrics = self.agent.pretrain_actor_critic(
                     z, data["rewards"][steps], data["terminated"][steps], data["truncated"][steps])
-                self._count_update(metrics, bar)
+                self._count_update(metrics)
                 if self.counters["phase_updates"] >= total:
                     break
-        bar.close()
 
-    def _count_update(self, metrics: dict, bar) -> None:
+    def _count_update(self, metrics: dict) -> None:
         self.counters["phase_updates"] += 1
         self.log.accumulate(metrics)
-        bar.update(1)
+        self.progress.advance()
         if self.counters["phase_updates"] % 100 == 0:
-            means = self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
-                                   phase_updates=self.counters["phase_updates"])
-            bar.set_postfix(_short(means), refresh=False)
+            self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
+                           phase_updates=self.counters["phase_updates"])
 
     def main_loop(self) -> None:
         """Collect with the agent; training steps spread evenly over the remaining env steps (SPEC 7)."""
         c = self.config
         remaining = c.env_steps - c.prefill_steps
         total_train = c.num_train_steps
-        bar = self._bar(c.env_steps, "train", self.counters["env_steps"], "env step")
         started, start_steps = time.perf_counter(), self.counters["train_steps"]
         last_ckpt = self.counters["env_steps"]
         last_log = start_steps
         while self.counters["env_steps"] < c.env_steps:
             if self.counters["env_steps"] - max(self.counters["last_eval"], 0) >= c.eval_every:
-                result = self.evaluate_and_draw(c.eval_episodes)
-                bar.set_postfix(eval=f"{result['mean']:.2f}", refresh=False)
+                self.evaluate_and_draw(c.eval_episodes)
             self.env_step(self.policy_action())
-            bar.update(1)
+            self.progress.advance()
             due = (self.counters["env_steps"] - c.prefill_steps) * total_train // remaining
             while self.counters["train_steps"] < due:
                 self.train_step()
+            self.progress.update(train_steps=self.counters["train_steps"])
             if self.counters["train_steps"] - last_log >= LOG_EVERY_TRAIN_STEPS:
                 last_log = self.counters["train_steps"]
                 rate = (self.counters["train_steps"] - start_steps) / (time.perf_counter() - started)
-                means = self.log.flush(self.counters["env_steps"], phase="main",
-                                       train_steps=self.counters["train_steps"], train_steps_per_s=rate)
-                last = self.counters["evals"][-1]["mean"] if self.counters["evals"] else float("nan")
-                bar.set_postfix({"train/s": f"{rate:.2f}", "eval": f"{last:.2f}", **_short(means)}, refresh=False)
+                self.log.flush(self.counters["env_steps"], phase="main",
+                               train_steps=self.counters["train_steps"], train_steps_per_s=rate)
             if self.counters["env_steps"] - last_ckpt >= c.checkpoint_every:
                 self.checkpoint()
                 last_ckpt = self.counters["env_steps"]
-        bar.close()
 
     def train_step(self) -> None:
         c = self.config
@@ -375,7 +421,10 @@ class Trainer:
         c = self.config
         step = self.counters["env_steps"]
         seed = c.seed * 1_000_003 + 13 + len(self.counters["evals"])
+        self.progress.update(status=f"evaluating {episodes} episodes")
+        started = time.perf_counter()
         result = evaluate(self.agent, c, episodes, seed)
+        seconds = time.perf_counter() - started
         result["env_steps"] = step
         result["final"] = final
         self.counters["evals"].append({k: result[k] for k in ("env_steps", "mean", "returns", "random_score")})
@@ -386,7 +435,22 @@ class Trainer:
             f.write(json.dumps(result) + "\n")
         self.draw(step)
         save_eval_curve(self.counters["evals"], self.run_dir / "eval_curve.png", f"TWM on {c.game}")
+        self.progress.phase("final_eval").estimate_s = seconds / episodes
+        self.progress.update(status=None, next_eval=self._next_eval(), **self._eval_fields(result))
+        self.progress.message(f"{'final ' if final else ''}eval at env step {step:,}: mean return {result['mean']:.2f} "
+                              f"(std {result['std']:.2f}, {episodes} episodes, {seconds:.0f}s)")
         return result
+
+    def _next_eval(self) -> int | None:
+        """Env step of the next periodic evaluation, None when the final one comes next."""
+        c = self.config
+        last = self.counters["last_eval"]
+        step = max(last, 0) + c.eval_every if last >= 0 else c.prefill_steps
+        return step if step < c.env_steps else None
+
+    @staticmethod
+    def _eval_fields(result: dict) -> dict:
+        return {"eval_mean": result["mean"], "eval_env_step": result["env_steps"]}
 
     @torch.no_grad()
     def draw(self, step: int) -> None:
@@ -421,15 +485,18 @@ class StopRun(Exception):
     """Raised after --stop-after env steps: the run checkpoints and exits, to be resumed later."""
 
 
-class _NullBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, *args, **kwargs) -> None: ...
+class _NoProgress:
+    """The display's interface doing nothing (Trainer(show_progress=False): tests, library use)."""
+
+    def phase(self, name: str) -> Phase:
+        return Phase(name, name, 0, "", 0.0)
+
+    def start_phase(self, name: str, done: int = 0) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def update(self, **fields) -> None: ...
+    def finish_phase(self, summary: str | None = None) -> None: ...
+    def message(self, text: str) -> None: ...
     def close(self) -> None: ...
-
-
-def _short(means: dict[str, float]) -> dict[str, str]:
-    keys = {"obs/loss": "obs", "dyn/loss": "dyn", "ac/critic_loss": "critic", "ac/actor_loss": "actor"}
-    return {short: f"{means[k]:.3g}" for k, short in keys.items() if k in means}
 
 
 # ---- Command line ---------------------------------------------------------------------------------
@@ -449,7 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="ENV_STEPS",
                    help="checkpoint and exit after this many env steps (e.g. to fit a job time limit); "
                         "continue with --resume")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to metrics.jsonl)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: chosen for the machine, see README; saved in config.json)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no live display: a heartbeat line every --heartbeat seconds, as when stderr is not a terminal")
+    p.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between heartbeat lines without a live display (default 60)")
     p.add_argument("overrides", nargs="*", metavar="name=value", help="config overrides")
     return p
 
@@ -471,6 +543,8 @@ def _main(args) -> int:
         config = Config.from_dict(resume["config"])
         if args.device:
             config.device = args.device
+        if args.threads is not None:
+            config.threads = args.threads
         if args.game or args.preset or args.overrides or args.seed is not None:
             raise ValueError("--resume continues a run with its saved config; drop --game/--preset/--seed/"
                              "overrides (or start a new run with --out)")
@@ -482,6 +556,8 @@ def _main(args) -> int:
             values["seed"] = args.seed
         if args.device:
             values["device"] = args.device
+        if args.threads is not None:
+            values["threads"] = args.threads
         preset = args.preset or "paper"
         config = make_config(preset, args.overrides, **values)
         config.game = canonical_game(config.game)
@@ -490,21 +566,30 @@ def _main(args) -> int:
             held = "a twm-fast run" if (run_dir / "config.json").exists() else "other files"
             raise ValueError(f"output directory {run_dir} already holds {held}; pass --resume {run_dir} to "
                              "continue it, or choose another --out")
+    if args.heartbeat <= 0:
+        raise ValueError(f"--heartbeat {args.heartbeat:g}: give the seconds between heartbeat lines, e.g. --heartbeat 60")
+    # Everything that can refuse the run does so before a run directory exists.
+    device = resolve_device(config.device)
+    config.threads, why = choose_threads(config.threads, device)
+    torch.set_num_threads(config.threads)
+    check_installed(config, device)
+    machine = Machine.probe(device)
+    if device.type == "cpu" and not args.allow_slow:
+        hours = run_hours(config, machine)
+        if hours > CPU_REFUSE_HOURS:
+            quick = run_hours(make_config("quick"), machine)
+            raise ValueError(
+                f"this configuration would take {describe_hours(hours)} on {machine.name} (no CUDA device found; "
+                f"the estimate of twm_fast/estimate.py). Try the CPU demo: python -m twm_fast.train --preset quick "
+                f"(built-in Catch, {describe_hours(quick)} here), run on a GPU, or pass --allow-slow to start anyway.")
+    if resume is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    device = resolve_device(config.device)
-    if device.type == "cpu" and not args.allow_slow:
-        hours = estimate_hours(config, device)
-        if hours > CPU_REFUSE_HOURS:
-            raise ValueError(
-                f"this configuration would take about {hours / 24:.0f} days ({hours:.0f} h) on this CPU "
-                f"(no CUDA device found). Try the CPU demo: python -m twm_fast.train --preset quick "
-                "(built-in Catch, a few minutes), run on a GPU, or pass --allow-slow to start anyway.")
-    print(f"twm-fast: {config.game}, device {device}, run directory {run_dir}"
+    print(f"twm-fast: {config.game}, device {device}, {config.threads} thread(s) ({why}), run directory {run_dir}"
           + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']})"
              if resume else ""), file=sys.stderr)
-    trainer = Trainer(config, run_dir, device, resume=resume, show_progress=not args.no_progress,
-                      stop_after=args.stop_after)
+    trainer = Trainer(config, run_dir, device, resume=resume, live=False if args.no_progress else None,
+                      heartbeat_s=args.heartbeat, stop_after=args.stop_after, machine=machine)
     # A scheduler's SIGTERM (preemption, time limit) saves a checkpoint like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
