@@ -398,7 +398,7 @@ class RunProgress:
         f = self._fields(now)
         parts = [" ".join(x for x in (f["phase"], f.get("count", ""), f"({f['percent']})" if "percent" in f else "")
                           if x)]
-        parts += [f[k] for k in ("eta", "rate", "eval", "return") if k in f]
+        parts += [f[k] for k in ("eta", "rate", "return", "eval") if k in f]
         losses = self._losses(detailed=True)
         if losses:
             parts.append("losses: " + ", ".join(losses))
