@@ -139,6 +139,17 @@ def test_eta_holds_steady_through_evaluation_pauses():
     assert 0.94 * 6200 < min(ends) and max(ends) < 1.06 * 6200, (min(ends), max(ends))
 
 
+def test_before_the_window_fills_the_rate_since_the_phase_began_counts():
+    """A phase slower than its estimate, 3 s in: the ETA follows its progress, not the spent estimate."""
+    clock = Clock()
+    phases = [Phase("main", "main loop", 100, "env steps", 0.01)]
+    eta = RunEta(phases)
+    eta.start(phases[0], clock.now)
+    clock.now += 3.0
+    phases[0].done = 10
+    assert eta.remaining(clock.now) == pytest.approx(90 * 0.3)
+
+
 def test_an_unmeasured_phase_counts_its_estimate_less_the_time_spent():
     clock = Clock()
     phases = [Phase("final_eval", "final evaluation", 100, "episodes", 0.5)]

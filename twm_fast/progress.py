@@ -146,17 +146,19 @@ class RunEta:
             left = phase.total - phase.done
             if left <= 0 or phase.elapsed is not None:
                 continue
-            if phase is self.current:
+            if phase is self.current and phase.started is not None:
                 rate, _ = self.rates(now)
+                done, spent = phase.done - phase.start_done, now - phase.started
                 if rate:
                     total += left / rate
-                    known = True
+                elif done > 0:  # too early for the window: the rate since the phase began
+                    total += left * spent / done
+                elif phase.estimate_s > 0:  # no progress to go by (an evaluation): the estimate, less the time spent
+                    total += max(left * phase.estimate_s * scale - spent, 0.0)
+                else:
                     continue
-                if phase.estimate_s > 0 and phase.started is not None:
-                    # Not measured yet: the estimate, less the time already spent on it.
-                    total += max(left * phase.estimate_s * scale - (now - phase.started), 0.0)
-                    known = True
-                    continue
+                known = True
+                continue
             if phase.estimate_s > 0:
                 total += left * phase.estimate_s * scale
                 known = True
