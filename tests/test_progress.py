@@ -159,6 +159,13 @@ def test_an_unmeasured_phase_counts_its_estimate_less_the_time_spent():
     assert eta.remaining(clock.now) == pytest.approx(30.0)  # no progress counted: estimate 50 s - 20 s
 
 
+def test_a_resumed_run_counts_the_phases_before_its_own_as_done():
+    progress, clock, _ = display(live=False)
+    progress.start_phase("main", 90_000)
+    # 10,000 env steps at the estimate (0.05 s) and 100 episodes with no estimate yet: nothing else.
+    assert progress.eta.remaining(clock.now) == pytest.approx(10_000 * 0.05)
+
+
 def test_short_numbers():
     assert [format_duration(s) for s in (3, 200, 7500, 3 * 86400 + 4 * 3600, None)] == [
         "3s", "3m20s", "2h05m", "3d04h", "?"]

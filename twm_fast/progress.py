@@ -175,7 +175,6 @@ class RunState:
     eval_env_step: int | None = None
     next_eval: int | None = None        # env step of the next evaluation; None: the final one
     episode_return: float | None = None
-    episodes: int = 0
     status: str | None = None           # e.g. "evaluating 10 episodes": shown instead of the rate
     status_since: float = 0.0
     losses: dict[str, float] = field(default_factory=dict)
@@ -214,8 +213,12 @@ class RunProgress:
         return next(p for p in self.phases if p.name == name)
 
     def start_phase(self, name: str, done: int = 0) -> None:
+        """Start phase `name` at `done` units (a resumed run: where it stopped; the phases before it
+        count as complete)."""
         with self._lock:
             phase = self.phase(name)
+            for earlier in self.phases[:self.phases.index(phase)]:
+                earlier.done = max(earlier.done, earlier.total)
             phase.done = done
             self.eta.start(phase, self.clock())
             self.eta.sample(self.clock(), self.state.train_steps)
