@@ -68,11 +68,11 @@ def resolve_device(name: str) -> torch.device:
 def choose_threads(requested: int, device: torch.device) -> tuple[int, str]:
     """torch's CPU threads for a run and why: `requested`, or for 0 what pays on this machine now.
 
-    Where several cores are free, torch's default (one per core) ran the quick preset's training
-    steps about 1.6 times faster than one thread; where other processes kept the cores busy, two
-    threads ran them 4 to 6 times slower than one, each op waiting for the descheduled thread
-    (README, Measured). So the default times matmuls with one thread and with all of them, in a
-    fraction of a second, and takes all only where they are clearly faster."""
+    On the 2-core development machine, with its cores free, torch's default (one thread per core) ran
+    the quick preset's training steps about 1.6 times as fast as one thread; with other processes
+    keeping the cores busy, two threads ran them 4.5 times slower than one (3 to 11 times), each op
+    waiting for a descheduled thread (README, Measured). So the default times matmuls with one thread
+    and with all of them, in a fraction of a second, and takes all only where they are clearly faster."""
     if requested > 0:
         return requested, "as requested"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
