@@ -79,6 +79,14 @@ def test_multiply_adds_match_the_models(preset):
     assert counter.get_total_flops() / 2 / 2 == pytest.approx(modelled, rel=0.1)
 
 
+def test_probing_leaves_the_global_rng_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    estimate.Machine.probe(torch.device("cpu"), 0.01)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_describe_hours():
     assert [describe_hours(h) for h in (0.05, 5.4, 2000)] == ["about 3 minutes", "about 5 hours",
                                                               "about 83 days (2,000 h)"]

@@ -42,7 +42,8 @@ class Machine:
         Wall time (the default) gives the speed under the machine's current load; with one thread,
         `time.process_time` gives the speed of a core to itself, whatever else runs."""
         n = 2048 if device.type == "cuda" else 512
-        a = torch.randn(n, n, device=device)
+        # Its own generator: probing must not move the global RNG a seeded run draws from.
+        a = torch.randn(n, n, device=device, generator=torch.Generator(device).manual_seed(0))
         (a @ a).sum().item()  # warm-up
         reps, start = 0, clock()
         while clock() - start < seconds:
