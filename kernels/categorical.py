@@ -18,8 +18,10 @@ import triton.language as tl
 
 MODES = {"sample": 0, "straight_through": 1, "argmax": 2}
 # The reference clamps the noise into [1e-20, 1 - 1e-7] so that -log(-log(u)) stays finite.
-NOISE_MIN = 1e-20
-NOISE_MAX = 1.0 - 1e-7
+# tl.constexpr: a @triton.jit function may read a module global only if it is one (the GPU compiler
+# refuses a plain float with "Cannot access global variable"; the interpreter does not check).
+NOISE_MIN = tl.constexpr(1e-20)
+NOISE_MAX = tl.constexpr(1.0 - 1e-7)
 # Rows (one categorical each) per program: 64 rows of 32 classes = 2,048 elements, 16 per thread
 # with 4 warps; the (12,000 x 32)-row sampler of an imagination batch runs 6,000 programs.
 ROWS_PER_PROGRAM = 64
