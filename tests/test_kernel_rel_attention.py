@@ -191,6 +191,7 @@ def _relation(*args, dropout_p=0.0, seed=None):
     (5, 3, 37, 2, 16, 40, False),
     (3, 50, 50, 2, 64, 53, False),
     (2, 7, 11, 3, 24, 9, True),
+    (1, 45, 60, 1, 16, 8, False),  # three blocks of the backward's query loop, the last one partial
 ])
 def test_gradients_match_reference(device, mask, B, T, S, H, D, R, batched_dist):
     tensors, dist, allowed = make_inputs(B, T, S, H, D, R, mask, batched_dist, device=device)
@@ -315,9 +316,10 @@ def test_unsupported_names_what_the_kernel_cannot_honour():
     assert kernel.rel_attention_unsupported(*tensors, dist, allowed, SCALE, 0.1) is None
     big, big_dist, big_allowed = make_inputs(1, 1, kernel.MAX_KEYS + 1, 1, 16, 8, "full")
     assert "keys" in kernel.rel_attention_unsupported(*big, big_dist, big_allowed, SCALE)
-    n = kernel.MAX_QUERIES_BACKWARD + 1
-    long_window, d, a = make_inputs(1, n, n, 1, 16, 8, "full")
-    assert kernel.rel_attention_unsupported(*long_window, d, a, SCALE) is not None  # too many keys anyway
+    long_window, d, a = make_inputs(1, kernel.MAX_KEYS + 1, kernel.MAX_KEYS + 1, 1, 16, 8, "full")
+    assert "keys" in kernel.rel_attention_unsupported(*long_window, d, a, SCALE)
+    many_queries, d, a = make_inputs(1, 2 * kernel.MAX_KEYS, 8, 1, 16, 8, "full")  # the backward loops over queries
+    assert kernel.rel_attention_unsupported(many_queries[0].requires_grad_(), *many_queries[1:], d, a, SCALE) is None
     q = tensors[0].requires_grad_()
     assert kernel.rel_attention_unsupported(q, *tensors[1:], dist, allowed, SCALE) is None
     bf16 = cast(tensors, torch.bfloat16)
