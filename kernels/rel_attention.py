@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from twm_fast.kernels.precision import ieee_fp32
+from twm_fast.kernels.runtime import ieee_fp32, interpreted
 
 # One tile of keys per (trajectory, head): the imagination cache holds 16 * 3 + 2 + 3 = 53 keys and
 # the training window 50 tokens (SPEC 3), so 64 covers both. Longer inputs go to the reference.
@@ -579,7 +579,7 @@ def rel_attention_unsupported(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, s
         return f"q, k, v must share one of {_FLOAT_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
     if any(t.dtype not in _FLOAT_DTYPES for t in (rel_pos, u_bias, v_bias)):
         return f"rel_pos, u_bias, v_bias must be among {_FLOAT_DTYPES}"
-    if q.device.type != "cuda" and torch.bfloat16 in (q.dtype, rel_pos.dtype, u_bias.dtype, v_bias.dtype):
+    if interpreted() and torch.bfloat16 in (q.dtype, rel_pos.dtype, u_bias.dtype, v_bias.dtype):
         return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
     if dropout_p > 0 and q.shape[0] * q.shape[2] * T * S > MAX_DROPOUT_ELEMENTS:
         return "dropout offsets would overflow int32"

@@ -11,7 +11,8 @@ from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd, rel_
 
 from twm_fast.reference import attention as reference_module
 from twm_fast.reference import rel_attention_ref, rel_attention_step_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
+from twm_fast.testing import (assert_fp32_close_or_within_bf16_bound, assert_within_twice_the_reference_error,
+                              compiled_only, kernel_devices, matmul_precision)
 
 COMPILED = compiled_only()
 DEVICES = kernel_devices()
@@ -356,6 +357,22 @@ def test_full_size_forward_on_gpu(size, mask, dtype):
     fast = rel_attention_fwd(*lowp, dist, allowed, SCALE)
     assert fast.dtype == dtype
     assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
+
+
+@gpu_only
+@pytest.mark.parametrize("size", list(FULL_SIZES))
+def test_full_size_tf32_within_twice_the_tf32_reference_error(size):
+    """config.matmul_precision="high" (the GPU default): TF32 products, forward and, in training, gradients."""
+    tensors, dist, allowed = _full_inputs(size, "random")
+    upstream = torch.randn_like(tensors[0])
+    with matmul_precision("highest"):
+        out_fp32, grads_fp32 = _gradients(rel_attention_ref, tensors, dist, allowed, upstream)
+    with matmul_precision("high"):
+        out_tf32, grads_tf32 = _gradients(rel_attention_ref, tensors, dist, allowed, upstream)
+        out_fast, grads_fast = _gradients(_relation, tensors, dist, allowed, upstream)
+    assert_within_twice_the_reference_error("out", out_fast, out_tf32, out_fp32, "tf32")
+    for name, a, b, c in zip(("q", "k", "v", "rel_pos", "u_bias", "v_bias"), grads_fast, grads_tf32, grads_fp32):
+        assert_within_twice_the_reference_error(f"d{name}", a, b, c, "tf32")
 
 
 @gpu_only

@@ -1,6 +1,7 @@
 """Small configurations and inputs for tests and benchmarks (importable from any test module)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -47,8 +48,30 @@ def assert_fp32_close_or_within_bf16_bound(name: str, fast: torch.Tensor, ref_lo
         limit = fp32_tol * max(ref_fp32.abs().max().item(), 1.0)
         assert error <= limit, f"{name}: fp32 error {error} > {limit}"
     else:
-        bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
-        assert error <= bound, f"{name}: {dtype} kernel error {error} > 2 x {dtype} reference error {bound / 2}"
+        assert_within_twice_the_reference_error(name, fast, ref_lowp, ref_fp32, str(dtype))
+
+
+def assert_within_twice_the_reference_error(name: str, fast: torch.Tensor, ref_lowp: torch.Tensor,
+                                            ref_fp32: torch.Tensor, numerics: str):
+    """The rule for reduced precision (bf16 storage, or TF32 products): the fast error against the IEEE
+    fp32 reference is at most twice that of the plain-PyTorch computation in the same numerics."""
+    error = (fast.float() - ref_fp32.float()).abs().max().item()
+    bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
+    assert error <= bound, f"{name}: {numerics} kernel error {error} > 2 x {numerics} reference error {bound / 2}"
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """config.matmul_precision's setting ("high" = TF32, "highest" = IEEE) within the block."""
+    from twm_fast.precision import apply_matmul_precision
+
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    apply_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def compiled_only():

@@ -26,6 +26,7 @@ from twm_fast.envs import canonical_game, make_env
 from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
 from twm_fast.metrics import MetricsLog, progress
+from twm_fast.precision import apply_matmul_precision, resolve_matmul_precision
 from twm_fast.replay import make_replay, replay_class
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
@@ -490,9 +491,12 @@ def _main(args) -> int:
             held = "a twm-fast run" if (run_dir / "config.json").exists() else "other files"
             raise ValueError(f"output directory {run_dir} already holds {held}; pass --resume {run_dir} to "
                              "continue it, or choose another --out")
+    device = resolve_device(config.device)
+    config.matmul_precision = resolve_matmul_precision(config.matmul_precision, device)
+    apply_matmul_precision(config.matmul_precision)
+    if resume is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    device = resolve_device(config.device)
     if device.type == "cpu" and not args.allow_slow:
         hours = estimate_hours(config, device)
         if hours > CPU_REFUSE_HOURS:
