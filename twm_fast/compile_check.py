@@ -531,6 +531,7 @@ def main(argv=None) -> int:
     parser.add_argument("--piece", action="append", default=[],
                         help="run only the pieces whose names start with this (repeatable), e.g. imagination")
     parser.add_argument("--json", help="write compiles, launches and the performance model here")
+    parser.add_argument("--markdown", help="also write both tables, with the versions, to this Markdown file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("error: the compile check needs Triton's GPU compiler; run it without TRITON_INTERPRET=1",
@@ -553,12 +554,15 @@ def main(argv=None) -> int:
         os.environ["TRITON_CACHE_DIR"] = cache
         started = time.perf_counter()
         survey = run_survey(archs, variants, fast=args.fast, only=args.piece, log=lambda m: print(m, file=sys.stderr))
-    print(f"\n## Compiled kernels (triton {triton.__version__}; {len(survey.compiled)} compiles in "
-          f"{time.perf_counter() - started:.0f} s)\n")
-    print(compile_table(survey))
     model = perf_model.project(survey)
-    print("\n## Projected times at the H200's limits (an estimate from the compiled launches, not a measurement)\n")
-    print(perf_model.piece_table(model))
+    report = (f"## Compiled kernels (triton {triton.__version__}, torch {torch.__version__}; {len(survey.compiled)} "
+              f"compiles in {time.perf_counter() - started:.0f} s)\n\n{compile_table(survey)}\n\n"
+              "## Projected times at the H200's limits (an estimate from the compiled launches, not a "
+              f"measurement)\n\n{perf_model.piece_table(model)}\n")
+    print("\n" + report)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"triton": triton.__version__, "torch": torch.__version__,
