@@ -8,10 +8,11 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from twm_fast.agent.agent import Agent
-from twm_fast.dream import Dream, DreamEnv, _recorded_attention, frames_to_uint8
+from twm_fast.dream import Dream, DreamEnv, _recorded_attention
 from twm_fast.envs import make_env
 from twm_fast.replay import make_replay
 from twm_fast.testing import tiny_catch_checkpoint, tiny_config
+from twm_fast.video import frames_to_uint8
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import torch
 from twm_fast.models.dynamics import TOKENS_PER_STEP, DynamicsModel, RelativeSelfAttention
 from twm_fast.models.obs_model import ObservationModel
 from twm_fast.reference.attention import rel_attention_probs_ref
+from twm_fast.video import frames_to_uint8, viewing_fps
 
 # How the discount head ends a dream. The head is a Bernoulli over "the episode goes on", trained on
 # the soft target gamma_t = 0.99 * (1 - terminated_t) (SPEC 3), so P(terminated) = 1 - g_t / 0.99.
@@ -39,11 +40,6 @@ from twm_fast.reference.attention import rel_attention_probs_ref
 #   after about 50 steps although no single step is more likely an ending than not.
 # - "sample": terminated with probability P(terminated), from uniform noise (the generative reading).
 TERMINATIONS = ("mode", "sample")
-
-
-def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """Decoded frames, floats with 0..1 for black..white, -> uint8 0..255 on the host (any shape)."""
-    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 @dataclass
@@ -229,7 +225,7 @@ class DreamEnv(gymnasium.Env):
     given noise is ``step_with_noise``.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}  # an instance's own: viewing_fps(game)
 
     def __init__(self, agent, *, start: Any = "game", latent: bool = False, termination: str = "mode",
                  max_episode_steps: int | None = None, attention_layer: int | None = None,
@@ -238,6 +234,7 @@ class DreamEnv(gymnasium.Env):
             raise ValueError(f"render_mode={render_mode!r} must be None or 'rgb_array'")
         self.agent = agent
         self.config = agent.config
+        self.metadata = {**self.metadata, "render_fps": viewing_fps(self.config.game)}
         self.dream = Dream(agent.obs_model, agent.dynamics, termination=termination)
         self.latent = latent
         self.render_mode = render_mode
