@@ -54,7 +54,7 @@ def test_steps_equal_the_cached_dynamics_steps_for_the_same_actions_and_noise(ag
     for t in range(20):
         action = (t * 7) % 3
         noise = torch.rand(1, om.num_vars, om.num_classes, generator=generator)
-        obs, r, terminated, truncated, info = env.step_with_noise(action, noise, torch.rand(1, generator=generator))
+        obs, r, _, truncated, info = env.step_with_noise(action, noise, torch.rand(1, generator=generator))
         a = torch.tensor([action])
         with torch.no_grad():
             h = dyn.step_first(cache, z, a) if t == 0 else dyn.step(cache, reward, torch.tensor([False]), z, a)
@@ -172,7 +172,7 @@ def test_recorded_attention_is_the_attention_the_step_computed(agent):
         for t in range(9):
             with _recorded_attention(attn, record):
                 out = dream.step(torch.tensor([t % 3, 1]), torch.rand(2, 4, 5), attention_layer=None)
-            probs, dist, allowed = record[-1]
+            probs, _, allowed = record[-1]
             values, heads = seen[-1]
             assert torch.allclose(torch.einsum("bhts,bshd->bthd", probs, values).flatten(2), heads, atol=1e-6)
             assert torch.all(probs[~allowed[:, None].expand_as(probs)] == 0)
@@ -193,7 +193,7 @@ def test_gymnasium_make_from_a_checkpoint(tmp_path):
     checkpoint = tiny_catch_checkpoint(tmp_path, steps=60, updates=1)
     env = gymnasium.make("twm_fast.dream:Dream-v0", checkpoint=str(checkpoint), device="cpu", start="replay",
                          max_episode_steps=3)
-    obs, info = env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     assert obs.shape == (4, 64, 64) and env.action_space.n == 3
     assert env.unwrapped.action_meanings == ["NOOP", "LEFT", "RIGHT"]
     steps = [env.step(1) for _ in range(3)]

@@ -1,5 +1,6 @@
 """The play page: its key mapping, its server (the real CLI, over HTTP and WebSocket) and the page itself
 in headless Chromium (Debian's chromium and chromedriver; .ci/run installs them)."""
+import base64
 import json
 import os
 import re
@@ -12,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+import torch
 
 from twm_fast.play import ACTION_PARTS, action_table, key_legend, main
 from twm_fast.testing import tiny_catch_checkpoint
@@ -44,6 +47,28 @@ def test_held_keys_compose_into_the_games_actions():
     assert catch[mask("LEFT")] == 1 and catch[mask("RIGHT", "FIRE")] == 2 and catch[mask("FIRE")] == 0
     assert key_legend(PONG)[4] == ["RIGHTFIRE", "Right + Space"]
     assert key_legend(FULL)[0] == ["NOOP", "no key"] and key_legend(FULL)[15] == ["UPLEFTFIRE", "Up + Left + Space"]
+
+
+def test_session_keeps_the_real_game_going_after_a_lost_life():
+    from twm_fast.agent.agent import Agent
+    from twm_fast.play import PlaySession
+    from twm_fast.testing import tiny_config
+
+    session = PlaySession(Agent(tiny_config(game="catch"), 3), seed=0)
+    first = session.reset()
+    real_frame = np.frombuffer(base64.b64decode(first["real"]["frame"]), np.uint8).reshape(64, 64)
+    assert np.array_equal(real_frame, session.start_obs[-1])  # the dream starts from the real game's frame
+    assert torch.equal(session.dream.z, session.dream.dream.encode(torch.as_tensor(session.start_obs[None])))
+    events, lives = [], []
+    for _ in range(60):  # NOOP: the paddle stays, most balls are missed; 5 balls are about 45 steps
+        frame = session.step(0)
+        events.append(frame["real"]["event"])
+        lives.append(frame["real"]["lives"])
+    assert "life lost" in events and events.index("life lost") < events.index("game over")
+    assert lives[-1] == 0 and lives == sorted(lives, reverse=True)
+    over = events.index("game over")
+    assert all(e == "game over" for e in events[over:])  # the finished game stays finished
+    assert frame["step"] == 60 and frame["real"]["done"]
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +199,9 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     browser.get(server)
-    text = lambda element_id: browser.find_element("id", element_id).text  # noqa: E731
-    frames = lambda: browser.execute_script("return window.twmPlay.frames")  # noqa: E731
-    canvas = lambda element_id: browser.execute_script(  # noqa: E731
+    text = lambda element_id: browser.find_element("id", element_id).text
+    frames = lambda: browser.execute_script("return window.twmPlay.frames")
+    canvas = lambda element_id: browser.execute_script(
         f"return document.getElementById('{element_id}').toDataURL()")
     def assert_readouts_show_the_last_frame():
         last = browser.execute_script("return window.twmPlay.lastFrame")

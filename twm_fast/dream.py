@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -225,7 +225,7 @@ class DreamEnv(gymnasium.Env):
     given noise is ``step_with_noise``.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}  # an instance's own: viewing_fps(game)
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 15}  # instances: viewing_fps(game)
 
     def __init__(self, agent, *, start: Any = "game", latent: bool = False, termination: str = "mode",
                  max_episode_steps: int | None = None, attention_layer: int | None = None,

@@ -87,8 +87,9 @@ class PlaySession:
     """One player's dream and, when the dream starts from the real game, the real game beside it.
 
     Both start from the same observation (the real env's reset, seeded per episode) and take the same
-    actions. The real game is the training env of SPEC 1 (an episode ends at a lost life), so that
-    it ends where the world model learned that episodes end.
+    actions. The real game is the training env of SPEC 1, whose episodes end at a lost life, as the
+    world model learned them; after a lost life it goes on with the next one (the env's continuation,
+    one no-op step), so that the real game can be watched to its end while the dream is restarted.
     """
 
     def __init__(self, agent, *, seed: int = 0, start="game", attention_layer: int = 0):
@@ -108,13 +109,13 @@ class PlaySession:
         self.episode += 1
         seed = self.seed + self.episode
         self.step_count, self.dream_return, self.real_return = 0, 0.0, 0.0
-        self.real_done, self.dream_done = False, False
+        self.real_done, self.real_event = False, None
         options = None
         if self.real is not None:
             real_obs, self.real_info = self.real.reset(seed=seed)
             self.real_frame = real_obs[-1]
             options = {"obs": real_obs}
-        self.dream.reset(seed=seed, options=options)
+        self.start_obs = self.dream.reset(seed=seed, options=options)[1]["start_obs"]
         return self.frame(action=None, by=None, reward=None, info=None, real_reward=None)
 
     def set_attention_layer(self, layer: int) -> None:
@@ -131,13 +132,17 @@ class PlaySession:
         _, reward, terminated, truncated, info = self.dream.step(action)
         self.step_count += 1
         self.dream_return += reward
-        self.dream_done = terminated or truncated
         real_reward = None
-        if self.real is not None and not self.real_done:
+        if self.real is not None and not self.real_done:  # a finished game keeps its last frame and event
+            self.real_event = None
             real_obs, real_reward, real_terminated, real_truncated, self.real_info = self.real.step(action)
-            self.real_frame = real_obs[-1]
             self.real_return += real_reward
-            self.real_done = real_terminated or real_truncated
+            if real_terminated and not real_truncated and self.real_info.get("lives", 0) > 0:
+                real_obs, self.real_info = self.real.reset()  # the game goes on with the next life
+                self.real_event = "life lost"
+            elif real_terminated or real_truncated:
+                self.real_done, self.real_event = True, "game over" if real_terminated else "time limit"
+            self.real_frame = real_obs[-1]
         return self.frame(action, by, reward, info, real_reward, terminated, truncated)
 
     def frame(self, action, by, reward, info, real_reward, terminated=False, truncated=False) -> dict:
@@ -162,7 +167,7 @@ class PlaySession:
         if self.real is not None:
             message["real"] = {"frame": _b64(self.real_frame), "reward": real_reward,
                                "tanh_reward": None if real_reward is None else math.tanh(real_reward),
-                               "return": self.real_return, "done": self.real_done,
+                               "return": self.real_return, "done": self.real_done, "event": self.real_event,
                                "lives": int(self.real_info.get("lives", 0))}
         return message
 

@@ -167,7 +167,7 @@ function showFrame(frame) {
       `${fmt(frame.real.reward, 1)} (${fmt(frame.real.tanh_reward)})`;
     $("real-return").textContent = fmt(frame.real.return, 1);
     $("real-lives").textContent = frame.real.lives;
-    banner($("real-banner"), frame.real.done ? "the real episode ended" : "");
+    banner($("real-banner"), frame.real.event ? `real game: ${frame.real.event}` : "");
   }
   if (frame.step === 0) state.history = [];
   else {
