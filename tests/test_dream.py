@@ -191,11 +191,25 @@ def test_recorded_attention_is_the_attention_the_step_computed(agent):
 
 def test_gymnasium_make_from_a_checkpoint(tmp_path):
     checkpoint = tiny_catch_checkpoint(tmp_path, steps=60, updates=1)
-    env = gymnasium.make("twm_fast.dream:Dream-v0", checkpoint=str(checkpoint), device="cpu", start="replay",
+    env = gymnasium.make("twm_fast/Dream-v0", checkpoint=str(checkpoint), device="cpu", start="replay",
                          max_episode_steps=3)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4, 64, 64) and env.action_space.n == 3
     assert env.unwrapped.action_meanings == ["NOOP", "LEFT", "RIGHT"]
     steps = [env.step(1) for _ in range(3)]
     assert steps[-1][3] and isinstance(steps[0][1], float)
+    env.close()
+
+
+def test_an_atari_dream_starts_from_the_real_game():
+    pytest.importorskip("ale_py")
+    agent = Agent(tiny_config(game="Pong", time_limit=20, noop_max=2), num_actions=6)  # short resets
+    env = DreamEnv(agent, start="game", render_mode="rgb_array")
+    assert env.action_meanings == ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*alternative render modes")
+        check_env(env)
+    obs, info = env.reset(seed=0)
+    assert info["start_obs"].shape == (4, 64, 64) and info["start_obs"].any()  # a real Pong screen
     env.close()

@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -71,6 +72,22 @@ def test_session_keeps_the_real_game_going_after_a_lost_life():
     assert frame["step"] == 60 and frame["real"]["done"]
 
 
+def test_an_atari_session_plays_the_dream_beside_the_real_game():
+    pytest.importorskip("ale_py")
+    from twm_fast.agent.agent import Agent
+    from twm_fast.play import PlaySession
+    from twm_fast.testing import tiny_config
+
+    session = PlaySession(Agent(tiny_config(game="Pong"), 6), seed=0)
+    hello = session.hello(checkpoint="-", agent_plays=False, fps=15)
+    assert hello["action_meanings"] == PONG and hello["real"]
+    session.reset()
+    frame = session.step(hello["action_table"][mask("RIGHT", "FIRE")])
+    assert frame["action_meaning"] == "RIGHTFIRE" and frame["real"]["reward"] == 0.0
+    assert session.step(None)["by"] == "agent"
+    session.close()
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_catch_checkpoint(tmp_path_factory.mktemp("run"), steps=100, updates=3)
@@ -83,7 +100,9 @@ def server(checkpoint):
                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tempfile.gettempdir())
     try:
-        line = proc.stdout.readline()  # the server prints its URL once it listens
+        # The server prints its URL once it listens (torch's import and the model's load come first).
+        ready, _, _ = select.select([proc.stdout], [], [], 180)
+        line = proc.stdout.readline() if ready else ""
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert match, f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
         yield match.group(0)
@@ -165,6 +184,7 @@ def chromium_or_skip():
 @pytest.fixture
 def browser(tmp_path):
     chromium_or_skip()
+    pytest.importorskip("selenium", reason="the browser test drives chromium with selenium (the test extra)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -64,3 +64,16 @@ def test_evaluate_cli_writes_videos_of_real_frames_and_their_reconstructions(tmp
         recon = frames_to_uint8(agent.obs_model.decode(z))[0, -1]
     left, right = halves(gif)
     assert np.array_equal(left, upscaled(obs[-1])) and np.array_equal(right, upscaled(recon))
+
+
+def test_an_atari_video_is_cut_at_max_steps(tmp_path):
+    pytest.importorskip("ale_py")
+    from twm_fast.agent.agent import Agent
+    from twm_fast.testing import tiny_config
+    from twm_fast.video import record_episodes
+
+    config = tiny_config(game="Pong")
+    paths = record_episodes(Agent(config, 6), config, tmp_path, episodes=1, seed=0, max_steps=5)
+    gif = Image.open(tmp_path / "episode_000.gif")
+    assert tmp_path / "episode_000.gif" in paths and gif.n_frames == 6  # 5 steps and the final frame
+    assert gif.info["duration"] == 70  # real time: 15 steps per second, in whole 10 ms

@@ -374,7 +374,7 @@ def _open_replay(start, config):
 def make_dream_env(checkpoint: str, *, device: str = "auto", start: Any = "game", **kwargs) -> DreamEnv:
     """The ``DreamEnv`` of a checkpoint (a .pt file or a run directory); ``start="replay"`` starts from
     the checkpoint's own replay file. Other arguments as ``DreamEnv``. This is the entry point of
-    ``gymnasium.make("twm_fast.dream:Dream-v0", checkpoint=...)``."""
+    ``gymnasium.make("twm_fast/Dream-v0", checkpoint=...)``."""
     from twm_fast.evaluate import load_agent
 
     agent, _, payload = load_agent(checkpoint, device)
@@ -383,4 +383,5 @@ def make_dream_env(checkpoint: str, *, device: str = "auto", start: Any = "game"
     return DreamEnv(agent, start=start, **kwargs)
 
 
-gymnasium.register("Dream-v0", entry_point="twm_fast.dream:make_dream_env", disable_env_checker=True)
+# gymnasium.make("twm_fast/Dream-v0", checkpoint=...) once this module is imported.
+gymnasium.register("twm_fast/Dream-v0", entry_point="twm_fast.dream:make_dream_env")
