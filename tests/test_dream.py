@@ -210,6 +210,6 @@ def test_an_atari_dream_starts_from_the_real_game():
         warnings.simplefilter("error")
         warnings.filterwarnings("ignore", message=".*alternative render modes")
         check_env(env)
-    obs, info = env.reset(seed=0)
+    _, info = env.reset(seed=0)
     assert info["start_obs"].shape == (4, 64, 64) and info["start_obs"].any()  # a real Pong screen
     env.close()

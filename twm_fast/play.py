@@ -149,7 +149,7 @@ class PlaySession:
         """What the page draws after a reset (action None) or a step. Frames are base64 uint8 64 x 64
         (the dream's decoded stack oldest first, the real game's newest frame); the dream's reward is
         the prediction of tanh(r), the real one the raw game reward; attention is the a_t token's,
-        per head, over steps t-17 .. t (see ``DreamStep``)."""
+        per head, over steps t - memory_length - 1 .. t and the z, a, r tokens (see ``DreamStep``)."""
         message = {
             "type": "frame", "episode": self.episode, "step": self.step_count,
             "action": action, "action_meaning": None if action is None else self.dream.action_meanings[action],
