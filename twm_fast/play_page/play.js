@@ -274,8 +274,10 @@ $("agent").onchange = (event) => setAgent(event.target.checked);
 $("fps").oninput = (event) => setFps(Number(event.target.value));
 $("layer").onchange = (event) => send({ type: "attention", layer: Number(event.target.value) });
 $("head").onchange = (event) => { state.head = Number(event.target.value); drawAttention(); };
-// Buttons keep no focus, so that Space after a click is FIRE, not another click.
+// Controls keep no focus once used, so that the arrows and Space go to the game again (not to a
+// slider, a menu, a checkbox or another click of a button).
 document.querySelectorAll("button").forEach((b) => b.addEventListener("mouseup", () => b.blur()));
+document.querySelectorAll("input, select").forEach((c) => c.addEventListener("change", () => c.blur()));
 
 connect();
 requestAnimationFrame(tick);
