@@ -93,3 +93,37 @@ def kernel_devices() -> list:
         pytest.param("cpu", marks=pytest.mark.skipif(not interpreted, reason="CPU tensors need the interpreter")),
         pytest.param("cuda", marks=[pytest.mark.gpu, compiled_only()]),
     ]
+
+
+def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, seed: int = 0):
+    """Save `<directory>/final.pt` (and its replay): an agent with the quick preset's model on Catch after
+    `updates` training steps on `steps` steps of random play. Seconds on a CPU; the tests of the dream,
+    the play page and the evaluation videos load it as they would a real run's checkpoint."""
+    import math
+    from pathlib import Path
+
+    from twm_fast.agent.agent import Agent
+    from twm_fast.checkpoint import save_checkpoint
+    from twm_fast.envs import make_env
+    from twm_fast.replay import make_replay
+
+    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps)
+    env = make_env("catch", seed=seed, train=True, config=config)
+    replay = make_replay(config.replay_backend, capacity=steps, temperature=config.replay_temperature, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    replay.add_first(obs)
+    for _ in range(steps):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+        replay.add(action, math.tanh(reward), terminated, truncated, obs)
+    torch.manual_seed(seed)
+    agent = Agent(config, env.num_actions)
+    length = config.wm_sequence_length
+    for _ in range(updates):
+        batch = replay.read_windows(replay.sample_starts(config.wm_batch_size, length), length)
+        restart_obs = replay.read_obs(replay.random_obs_indices(config.imagine_batch_size))
+        agent.train_step({k: torch.as_tensor(v) for k, v in batch.items()}, torch.as_tensor(restart_obs))
+    return save_checkpoint(Path(directory), "final", agent=agent, replay=replay, config=config,
+                           counters={"phase": "done", "env_steps": replay.total_steps})
