@@ -11,6 +11,7 @@ PACKAGES = [
     "twm_fast.envs",
     "twm_fast.imagination",
     "twm_fast.models",
+    "twm_fast.play_page",  # the play page's files (package data, no Python)
     "twm_fast.ops",
     "twm_fast.reference",
     "twm_fast.replay",

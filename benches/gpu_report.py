@@ -33,7 +33,8 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +47,55 @@ TRAIN_TARGETS_MS = {"train/world_model_update": 12.0, "train/imagination": 8.0, 
                     "train/whole_train_step": 25.0, "train/imagination bf16 vs fp32": 8.0,
                     "train/world_model_update bf16 vs fp32": 12.0, "train/whole_train_step bf16 vs fp32": 25.0,
                     "train/world_model_update graph fp32": 12.0, "train/world_model_update graph bf16": 12.0}
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How a row computes: its dtype column ("tf32" = fp32 storage with TF32 products, the library's
+    default on a GPU; "fp32" = IEEE fp32; "bf16"), the storage dtype, and torch's float32 matmul
+    precision while it runs (which the kernels follow, as cuBLAS does: twm_fast/kernels/runtime.py)."""
+
+    label: str
+    dtype: object
+    precision: str
+
+
+# The tuning sweep's warps. 2 warps make the 64-wide fp32 tiles spill (the compile check's survey);
+# tests/test_gpu_report.py compiles every case below for sm_90 and fails on a spill or a slow compile.
+SWEEP_WARPS = (4, 8)
+
+
+def sweep_cases(dtype, device) -> dict:
+    """name -> a call of a kernel launcher with one tuning choice (num_warps, rows or queries per
+    program), at the paper's sizes: M = 800 for imagination, B = 100 windows of 50 tokens for training."""
+    import torch
+    from bench_kernels import attention_inputs, linear_inputs
+    from twm_fast.kernels.fused_linear import fused_linear_fwd
+    from twm_fast.kernels.rel_attention import rel_attention_bwd, rel_attention_fwd
+
+    step, dist, allowed = attention_inputs(800, 3, 53, 53, dtype, device)
+    train, tdist, tallowed = attention_inputs(100, 50, 50, 53, dtype, device)
+    seed = torch.tensor([1], device=device)
+    step_args = (*step, dist, allowed, 1 / 16)
+    train_args = (*train, tdist, tallowed, 1 / 16, 0.1, seed)
+    upstream = torch.randn_like(train[0])
+    out, saved = rel_attention_fwd(*train_args, save=True)
+    linear2 = linear_inputs(2_400, 1024, 256, dtype, device)
+    linear1 = linear_inputs(2_400, 256, 1024, dtype, device)[:3]
+    cases = {}
+    for w in SWEEP_WARPS:
+        for rows in (16, 32):
+            cases[f"fused_linear linear2+norm rows=2400 block_rows={rows} warps={w}"] = \
+                lambda w=w, r=rows: fused_linear_fwd(*linear2, block_rows=r, num_warps=w)
+            cases[f"fused_linear linear1+silu rows=2400 block_rows={rows} warps={w}"] = \
+                lambda w=w, r=rows: fused_linear_fwd(*linear1, output_silu=True, block_rows=r, num_warps=w)
+        cases[f"step_fwd M=800 (4 queries/program, CUDA cores) warps={w}"] = \
+            lambda w=w: rel_attention_fwd(*step_args, num_warps=w)
+        cases[f"train_fwd B=100 (16 queries/program) warps={w}"] = \
+            lambda w=w: rel_attention_fwd(*train_args, num_warps=w)
+        cases[f"train_bwd B=100 (32 keys/program) warps={w}"] = \
+            lambda w=w: rel_attention_bwd(upstream, *train_args, out=out, saved=saved, num_warps=w)
+    return cases
 
 
 def parse_args(argv=None):
@@ -87,7 +137,14 @@ class Report:
         self.small = small
         self.repeats = repeats
         self.warmup = warmup
-        self.dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+        if device == "cuda":
+            # Kernels with products get all three rows; the others only two (precision changes nothing there).
+            self.numerics = [Numerics("tf32", torch.float32, "high"), Numerics("fp32", torch.float32, "highest"),
+                             Numerics("bf16", torch.bfloat16, "high")]
+            self.storage_numerics = [self.numerics[0], self.numerics[2]]
+        else:
+            self.numerics = self.storage_numerics = [Numerics("fp32", torch.float32, "highest")]
+        self.default_precision = self.numerics[0].precision  # the library's default here (config.matmul_precision)
         self.rows: list[dict] = []
         self.sweeps: list[dict] = []
         self.errors: list[dict] = []
@@ -99,7 +156,10 @@ class Report:
     def run(self):
         """Every section in turn, the issue's targets first; the JSON is rewritten after each, and a
         SIGTERM (a device call's time limit) still prints the table of what was measured."""
+        from twm_fast.precision import apply_matmul_precision
+
         self.out.mkdir(parents=True, exist_ok=True)
+        apply_matmul_precision(self.default_precision)
 
         def interrupted(signum, frame):
             raise KeyboardInterrupt(f"signal {signum}")
@@ -176,9 +236,27 @@ class Report:
             torch.cuda.synchronize()
             return {"error": repr(error)}
 
-    def add(self, op, shape, dtype, ref_fn, fast_fn, check: dict, graphs=True):
+    @contextmanager
+    def precision(self, name: str):
+        """torch's float32 matmul precision (cuBLAS, cuDNN and the kernels) within the block."""
+        from twm_fast.precision import apply_matmul_precision
+
+        apply_matmul_precision(name)
+        try:
+            yield
+        finally:
+            apply_matmul_precision(self.default_precision)
+
+    def add(self, op, shape, numerics, ref_fn, fast_fn, check: dict, graphs=True):
+        """Time ref_fn and fast_fn (and their graph replays) in the row's numerics (a Numerics, or a
+        dtype for rows whose precision is the default)."""
+        label = numerics.label if isinstance(numerics, Numerics) else str(numerics).replace("torch.", "")
+        with self.precision(numerics.precision if isinstance(numerics, Numerics) else self.default_precision):
+            self._add(op, shape, label, ref_fn, fast_fn, check, graphs)
+
+    def _add(self, op, shape, label, ref_fn, fast_fn, check: dict, graphs):
         ref, fast = self.time_ms(ref_fn), self.time_ms(fast_fn)
-        row = {"op": op, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "check": check,
+        row = {"op": op, "shape": shape, "dtype": label, "check": check,
                "ok": bool(check.get("ok", True)), "ref": ref, "fast": fast,
                "speedup": ref["median_ms"] / fast["median_ms"]}
         if graphs:
@@ -192,13 +270,25 @@ class Report:
     def max_error(a, b) -> float:
         return (a.float() - b.float()).abs().max().item()
 
-    def bound_check(self, fast, ref_lowp, ref_fp32, dtype) -> dict:
+    def bound_check(self, fast, ref_lowp, ref_fp32, numerics) -> dict:
+        """IEEE fp32: within 1e-4 of the largest magnitude. TF32 and bf16: the fast error against the
+        IEEE fp32 reference at most twice that of the reference computed in the same numerics
+        (ref_lowp: the twin in TF32 or in bf16)."""
         error = self.max_error(fast, ref_fp32)
-        if dtype == self.torch.float32:
+        if numerics.label == "fp32":
             scale = max(ref_fp32.abs().max().item(), 1.0)
             return {"max_error": error, "ok": error <= 1e-4 * scale}
         ref_error = self.max_error(ref_lowp, ref_fp32)
-        return {"max_error": error, "bf16_ref_error": ref_error, "ok": error <= 2 * ref_error}
+        return {"max_error": error, f"{numerics.label}_ref_error": ref_error, "ok": error <= 2 * ref_error}
+
+    def three_ways(self, fast_fn, ref_fn, args, numerics):
+        """fast_fn(*args) and ref_fn(*args) in the row's numerics, and ref_fn in IEEE fp32 on fp32 copies."""
+        torch = self.torch
+        with torch.no_grad(), self.precision(numerics.precision):
+            fast, ref_lowp = fast_fn(*args), ref_fn(*args)
+        with torch.no_grad(), self.precision("highest"):
+            ref_fp32 = ref_fn(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+        return fast, ref_lowp, ref_fp32
 
     # ---- attention ------------------------------------------------------------------------------------
     def attention_step(self):
@@ -210,15 +300,14 @@ class Report:
         torch = self.torch
         scale = 1 / 16
         for M in ((4,) if self.small else (800, 400)):
-            for dtype in self.dtypes:
-                tensors, dist, allowed = attention_inputs(M, 3, 53, 53, dtype, self.device)
+            for numerics in self.numerics:
+                tensors, dist, allowed = attention_inputs(M, 3, 53, 53, numerics.dtype, self.device)
                 out = torch.empty_like(tensors[0])
-                with torch.no_grad():
-                    fast = rel_attention_fwd(*tensors, dist, allowed, scale, out=out).clone()
-                    ref_lowp = rel_attention_ref(*tensors, dist, allowed, scale)
-                    ref_fp32 = rel_attention_ref(*(t.float() for t in tensors), dist, allowed, scale)
-                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
-                self.add("attention_step", f"M={M} T=3 S=53 H=4 D=64", dtype,
+                fast, ref_lowp, ref_fp32 = self.three_ways(
+                    lambda *a: rel_attention_fwd(*a, out=out).clone(), rel_attention_ref,
+                    (*tensors, dist, allowed, scale), numerics)
+                check = self.bound_check(fast, ref_lowp, ref_fp32, numerics)
+                self.add("attention_step", f"M={M} T=3 S=53 H=4 D=64", numerics,
                          lambda: rel_attention_ref(*tensors, dist, allowed, scale),
                          lambda: rel_attention_fwd(*tensors, dist, allowed, scale, out=out), check)
 
@@ -230,8 +319,9 @@ class Report:
         from twm_fast.reference import rel_attention_step_ref
 
         torch = self.torch
-        for M in ((4,) if self.small else (800,)):
-            for dtype in self.dtypes:
+        for M in ((4,) if self.small else (800, 400)):
+            for numerics in self.numerics:
+                dtype = numerics.dtype
                 (q, _, _, *pos), dist, allowed = attention_inputs(M, 3, 53, 53, dtype, self.device)
                 qkv = torch.randn(M, 3, 3, 4, 64, device=self.device, dtype=dtype)
                 ring = torch.randn(M, 53, 2, 4, 64, device=self.device, dtype=dtype)
@@ -241,16 +331,17 @@ class Report:
                     return fn(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], ring[:, :, 0], ring[:, :, 1], slots, *pos,
                               dist, allowed, 1 / 16)
                 rings = {"fast": ring.clone(), "lowp": ring.clone(), "fp32": ring.float()}
-                with torch.no_grad():
+                with torch.no_grad(), self.precision(numerics.precision):
                     fast = call(rel_attention_step, rings["fast"])
                     ref_lowp = call(rel_attention_step_ref, rings["lowp"])
+                with torch.no_grad(), self.precision("highest"):
                     ref_fp32 = rel_attention_step_ref(*(t.float() for t in (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])),
                                                       rings["fp32"][:, :, 0], rings["fp32"][:, :, 1], slots,
                                                       *(t.float() for t in pos), dist, allowed, 1 / 16)
-                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
+                check = self.bound_check(fast, ref_lowp, ref_fp32, numerics)
                 check["cache_equal"] = bool(torch.equal(rings["fast"], rings["lowp"]))
                 check["ok"] = check["ok"] and check["cache_equal"]
-                self.add("attention_step+cache_write", f"M={M} n=3 S=53 H=4 D=64", dtype,
+                self.add("attention_step+cache_write", f"M={M} n=3 S=53 H=4 D=64", numerics,
                          lambda: call(rel_attention_step_ref, rings["lowp"]),
                          lambda: call(rel_attention_step, rings["fast"]), check)
 
@@ -263,8 +354,8 @@ class Report:
         torch = self.torch
         scale, dropout_p = 1 / 16, 0.1
         B = 2 if self.small else 100
-        for dtype in self.dtypes:
-            tensors, dist, allowed = attention_inputs(B, 50, 50, 53, dtype, self.device)
+        for numerics in self.numerics:
+            tensors, dist, allowed = attention_inputs(B, 50, 50, 53, numerics.dtype, self.device)
             leaves = [t.clone().requires_grad_() for t in tensors]
             upstream = torch.randn_like(tensors[0])
 
@@ -275,20 +366,22 @@ class Report:
                 return [t.grad for t in inputs]
 
             fp32_leaves = [t.detach().float().requires_grad_() for t in tensors]
-            ref_fp32 = grads(rel_attention_ref, fp32_leaves, upstream.float())
-            ref_lowp = grads(rel_attention_ref, leaves, upstream)
-            fast = grads(kernel.rel_attention, leaves, upstream)
+            with self.precision("highest"):
+                ref_fp32 = grads(rel_attention_ref, fp32_leaves, upstream.float())
+            with self.precision(numerics.precision):
+                ref_lowp = grads(rel_attention_ref, leaves, upstream)
+                fast = grads(kernel.rel_attention, leaves, upstream)
             names = ("dq", "dk", "dv", "drel_pos", "du", "dv_bias")
-            checks = {name: self.bound_check(a, b, c, dtype)
+            checks = {name: self.bound_check(a, b, c, numerics)
                       for name, a, b, c in zip(names, fast, ref_lowp, ref_fp32)}
             check = {"grads": checks, "ok": all(c["ok"] for c in checks.values())}
             shape = f"B={B} T=S=50 H=4 D=64 dropout={dropout_p}"
             with torch.no_grad():
-                self.add("attention_train_fwd", shape, dtype,
+                self.add("attention_train_fwd", shape, numerics,
                          lambda: rel_attention_ref(*tensors, dist, allowed, scale, dropout_p),
                          lambda: kernel.rel_attention(*tensors, dist, allowed, scale, dropout_p),
                          {"ok": True}, graphs=False)
-            self.add("attention_train_fwd_bwd", shape, dtype,
+            self.add("attention_train_fwd_bwd", shape, numerics,
                      lambda: grads(rel_attention_ref, leaves, upstream, dropout_p),
                      lambda: grads(kernel.rel_attention, leaves, upstream, dropout_p), check, graphs=False)
 
@@ -300,21 +393,22 @@ class Report:
         from twm_fast.reference import categorical_sample_ref
 
         torch = self.torch
-        for N in ((64,) if self.small else (12_000, 800)):
-            for dtype in self.dtypes:
+        for N in ((64,) if self.small else (12_000, 6_000, 800)):
+            for numerics in self.storage_numerics:
+                dtype = numerics.dtype
                 logits, noise = sampler_inputs(N, dtype, self.device)
                 fast = categorical_sample_fwd(logits, noise, "sample")
                 ref_lowp = categorical_sample_ref(logits, noise, "sample")
                 ref_fp32 = categorical_sample_ref(logits.float(), noise, "sample")
                 mismatches = int((fast[0] != ref_lowp[0]).any(-1).sum().item())
-                checks = {name: self.bound_check(a, b, c, dtype)
+                checks = {name: self.bound_check(a, b, c, numerics)
                           for name, a, b, c in zip(("probs", "log_probs", "entropy"), fast[1:], ref_lowp[1:],
                                                    ref_fp32[1:])}
                 check = {"onehot_mismatches": mismatches, **checks,
                          "ok": mismatches == 0 and all(c["ok"] for c in checks.values())}
                 out = tuple(torch.empty_like(t) for t in fast)
                 shape = f"N={N} V=32 C=32"
-                self.add("categorical_sample", shape, dtype,
+                self.add("categorical_sample", shape, numerics,
                          lambda: categorical_sample_ref(logits, noise, "sample"),
                          lambda: categorical_sample_fwd(logits, noise, "sample", out=out), check)
                 leaf = logits.clone().requires_grad_()
@@ -325,7 +419,7 @@ class Report:
                     onehot, _, _, entropy = fn(leaf, noise, "straight_through")
                     ((onehot * upstream).sum() + entropy.sum()).backward()
 
-                self.add("categorical_straight_through_fwd_bwd", shape, dtype,
+                self.add("categorical_straight_through_fwd_bwd", shape, numerics,
                          lambda: straight_through(categorical_sample_ref),
                          lambda: straight_through(CategoricalSample.apply), {"ok": True}, graphs=False)
 
@@ -336,14 +430,13 @@ class Report:
         from twm_fast.reference import gae_ref
 
         torch = self.torch
-        N = 37 if self.small else 800
-        for dtype in self.dtypes:
-            rewards, discounts, values = rollout_inputs(N, 15, dtype, self.device)
+        for N, numerics in ((N, n) for N in ((37,) if self.small else (800, 400)) for n in self.storage_numerics):
+            rewards, discounts, values = rollout_inputs(N, 15, numerics.dtype, self.device)
             fast = gae_fwd(rewards, discounts, values, 0.95)
             ref_fp32 = gae_ref(rewards.float(), discounts.float(), values.float(), 0.95)
-            check = self.bound_check(fast, gae_ref(rewards, discounts, values, 0.95), ref_fp32, dtype)
+            check = self.bound_check(fast, gae_ref(rewards, discounts, values, 0.95), ref_fp32, numerics)
             out = torch.empty_like(fast)
-            self.add("gae", f"N={N} H=15", dtype, lambda: gae_ref(rewards, discounts, values, 0.95),
+            self.add("gae", f"N={N} H=15", numerics, lambda: gae_ref(rewards, discounts, values, 0.95),
                      lambda: gae_fwd(rewards, discounts, values, 0.95, out=out), check)
 
     def discount_reset(self):
@@ -392,28 +485,26 @@ class Report:
         from twm_fast.reference import fused_linear_ref
 
         torch = self.torch
-        rows = 48 if self.small else 2_400
-        cases = {  # name: (rows, K, N, bias, residual norm, input_silu, output_silu)
-            "out_proj+residual+norm": (rows, 256, 256, False, True, False, False),
-            "linear1+silu": (rows, 256, 1024, True, False, False, True),
-            "linear2+residual+norm": (rows, 1024, 256, True, True, False, False),
-            "head (silu in+out)": (rows // 3, 256, 512, True, False, True, True),
-        }
+        cases = {}  # name: (rows, K, N, bias, residual norm, input_silu, output_silu); 3 token rows per trajectory
+        for rows in ((48,) if self.small else (2_400, 1_200)):  # M = 800 and 400
+            cases.update({
+                f"out_proj+residual+norm M={rows // 3}": (rows, 256, 256, False, True, False, False),
+                f"linear1+silu M={rows // 3}": (rows, 256, 1024, True, False, False, True),
+                f"linear2+residual+norm M={rows // 3}": (rows, 1024, 256, True, True, False, False),
+                f"head (silu in+out) M={rows // 3}": (rows // 3, 256, 512, True, False, True, True),
+            })
         if self.small:
             cases = {name: (r, k // 8, n // 8, *rest) for name, (r, k, n, *rest) in cases.items()}
         for name, (r, K, N, bias, norm, input_silu, output_silu) in cases.items():
-            for dtype in self.dtypes:
-                x, weight, b, residual, gamma, beta = linear_inputs(r, K, N, dtype, self.device)
+            for numerics in self.numerics:
+                x, weight, b, residual, gamma, beta = linear_inputs(r, K, N, numerics.dtype, self.device)
                 args = (x, weight, b if bias else None, *((residual, gamma, beta) if norm else (None,) * 3), 1e-5,
                         input_silu, output_silu)
-                with torch.no_grad():
-                    fast = fused_linear_fwd(*args)
-                    ref_lowp = fused_linear_ref(*args)
-                    ref_fp32 = fused_linear_ref(*(a.float() if torch.is_tensor(a) else a for a in args))
-                check = self.bound_check(fast, ref_lowp, ref_fp32, dtype)
+                fast, ref_lowp, ref_fp32 = self.three_ways(fused_linear_fwd, fused_linear_ref, args, numerics)
+                check = self.bound_check(fast, ref_lowp, ref_fp32, numerics)
                 out = torch.empty_like(fast)
                 with torch.no_grad():
-                    self.add(f"fused_linear {name}", f"rows={r} {K}->{N}", dtype, lambda: fused_linear_ref(*args),
+                    self.add(f"fused_linear {name}", f"rows={r} {K}->{N}", numerics, lambda: fused_linear_ref(*args),
                              lambda: fused_linear_fwd(*args, out=out), check)
 
     def launch_count(self):
@@ -429,69 +520,35 @@ class Report:
 
     # ---- tuning data ----------------------------------------------------------------------------------
     def num_warps_sweep(self):
-        """Kernel time per num_warps (the constants in kernels/rel_attention.py were set without a GPU)."""
-        from bench_kernels import attention_inputs, linear_inputs
-        from twm_fast.kernels.fused_linear import fused_linear_fwd
-        from twm_fast.kernels.rel_attention import rel_attention_bwd, rel_attention_fwd
-
+        """Kernel time per tuning case (the constants in kernels/ were set without a GPU): SWEEP_CASES,
+        in the default numerics (TF32) and bf16."""
         if self.device != "cuda":
             return
-        self.repeats, repeats = min(self.repeats, 50), self.repeats  # 54 cases: tuning data, not the targets
+        self.repeats, repeats = min(self.repeats, 50), self.repeats  # tuning data, not the targets
         try:
-            self._sweep(attention_inputs, linear_inputs, fused_linear_fwd, rel_attention_bwd, rel_attention_fwd)
+            for numerics in (self.numerics[0], self.numerics[2]):
+                with self.precision(numerics.precision):
+                    for name, fn in sweep_cases(numerics.dtype, self.device).items():
+                        try:
+                            timing = self.time_ms(fn)
+                        except Exception as error:
+                            self.torch.cuda.synchronize()
+                            timing = {"error": repr(error)}
+                        self.sweeps.append({"case": name, "dtype": numerics.label, **timing})
         finally:
             self.repeats = repeats
 
-    def _sweep(self, attention_inputs, linear_inputs, fused_linear_fwd, rel_attention_bwd, rel_attention_fwd):
-        torch = self.torch
-        for dtype in self.dtypes:
-            step, dist, allowed = attention_inputs(800, 3, 53, 53, dtype, self.device)
-            train, tdist, tallowed = attention_inputs(100, 50, 50, 53, dtype, self.device)
-            upstream = torch.randn_like(train[0])
-            seed = torch.tensor([1], device="cuda")
-            step_args = (*step, dist, allowed, 1 / 16)
-            train_args = (*train, tdist, tallowed, 1 / 16, 0.1, seed)
-            linear2 = linear_inputs(2_400, 1024, 256, dtype, self.device)
-            linear1 = linear_inputs(2_400, 256, 1024, dtype, self.device)[:3]
-            for warps in (2, 4, 8):
-                cases = {
-                    **{f"fused_linear linear2+norm rows=2400 block_rows={rows}":
-                       (lambda w=warps, r=rows: fused_linear_fwd(*linear2, block_rows=r, num_warps=w))
-                       for rows in (16, 32)},
-                    **{f"fused_linear linear1+silu rows=2400 block_rows={rows}":
-                       (lambda w=warps, r=rows: fused_linear_fwd(*linear1, output_silu=True, block_rows=r,
-                                                                 num_warps=w))
-                       for rows in (16, 32)},
-                    "step_fwd M=800 (4 queries/program, CUDA cores)":
-                        lambda w=warps: rel_attention_fwd(*step_args, num_warps=w),
-                    "step_fwd M=800 (16 queries/program, tensor cores)":
-                        lambda w=warps: rel_attention_fwd(*step_args, num_warps=w, query_block=16),
-                    "train_fwd B=100 (16 queries/program)":
-                        lambda w=warps: rel_attention_fwd(*train_args, num_warps=w),
-                    "train_fwd B=100 (64 queries/program)":
-                        lambda w=warps: rel_attention_fwd(*train_args, num_warps=w, query_block=64),
-                    "train_bwd B=100":
-                        lambda w=warps: rel_attention_bwd(upstream, *train_args, num_warps=w),
-                }
-                for name, fn in cases.items():
-                    try:
-                        timing = self.time_ms(fn)
-                    except Exception as error:
-                        torch.cuda.synchronize()
-                        timing = {"error": repr(error)}
-                    self.sweeps.append({"case": name, "dtype": str(dtype).replace("torch.", ""),
-                                        "num_warps": warps, **timing})
-
     # ---- output ---------------------------------------------------------------------------------------
     # ---- the whole training step (PERF.md's pieces) ------------------------------------------------------
-    def training_setup(self):
+    def training_setup(self, imagine_batch_size: int = 800):
         """A paper-size agent (tiny on a CPU) with a random replay batch and restart observations."""
         from twm_fast.agent.agent import Agent
         from twm_fast.config import make_config
         from twm_fast.testing import random_batch, tiny_config
 
         torch = self.torch
-        config = tiny_config() if self.small else make_config("paper", device=self.device)
+        config = tiny_config() if self.small else make_config("paper", device=self.device,
+                                                              imagine_batch_size=imagine_batch_size)
         torch.manual_seed(0)
         agent = Agent(config, num_actions=6).to(self.device)
         batch = {k: v.to(self.device) for k, v in random_batch(config, 6).items()}
@@ -503,12 +560,18 @@ class Report:
         """World-model update, imagination, actor-critic update and the whole step of the agent at
         paper size (B = 100, L = 16, M = 800, H = 15; tiny on a CPU): the reference path (all ops on
         the plain-PyTorch twins, imagination eager) against the fast path (the dispatch default, i.e.
-        the kernels on a GPU, and imagination replayed from a CUDA graph). Timing only: correctness
-        is checked in the kernel rows above and in the tests."""
+        the kernels on a GPU, and imagination replayed from a CUDA graph), in the default numerics
+        (TF32). M = 400 (the published config) after M = 800; the bf16 and graphed-update comparisons
+        at M = 800 only. Timing only: correctness is checked in the kernel rows above and in the tests."""
+        self._train_step(800, comparisons=True)
+        if not self.small:
+            self._train_step(400, comparisons=False)
+
+    def _train_step(self, imagine_batch_size: int, comparisons: bool):
         from twm_fast.agent.agent import Agent
 
         torch = self.torch
-        config, agent, batch, restart_obs = self.training_setup()
+        config, agent, batch, restart_obs = self.training_setup(imagine_batch_size)
         z, _ = agent.update_world_model(batch)
         start = agent.imagination_starts(z, batch, config.imagine_batch_size)
         restart_z = agent.restart_latents(restart_obs)
@@ -542,8 +605,10 @@ class Report:
         repeats, self.repeats = self.repeats, min(self.repeats, 20)  # a whole step is ~100 ms, not us
         try:
             for piece, fn in pieces.items():
-                self.add(f"train/{piece}", shape, torch.float32, with_backend("torch", False, fn),
+                self.add(f"train/{piece}", shape, self.numerics[0], with_backend("torch", False, fn),
                          with_backend("auto", True, fn), {"ok": True, "note": "timing only"}, graphs=False)
+            if not comparisons:
+                return
             # config.imagine_dtype = "bfloat16" against the fast fp32 path (both on the kernels, graphed
             # on a GPU); the bf16 side includes refreshing the weight copies.
             def in_dtype(dtype, fn):
@@ -638,7 +703,8 @@ class Report:
             target = TARGETS.get(row["op"]) if self.device == "cuda" else None  # targets are for an H100/H200
             target_text = "" if target is None else \
                 ("ok" if row["speedup"] >= target else "MISS") + f" {target:g}x"
-            limit = TRAIN_TARGETS_MS.get(row["op"]) if self.device == "cuda" and not self.small else None
+            # PERF.md's targets are for M = 800.
+            limit = TRAIN_TARGETS_MS.get(row["op"]) if self.device == "cuda" and "M=800" in row["shape"] else None
             if limit is not None:
                 target_text = ("ok" if row["fast"]["median_ms"] <= limit else "MISS") + f" {limit:g}ms"
             graph = f"{row['graph_speedup']:.1f}x" if "graph_speedup" in row else "-"

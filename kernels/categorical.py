@@ -16,10 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
+from twm_fast.kernels.runtime import interpreted
+
 MODES = {"sample": 0, "straight_through": 1, "argmax": 2}
 # The reference clamps the noise into [1e-20, 1 - 1e-7] so that -log(-log(u)) stays finite.
-NOISE_MIN = 1e-20
-NOISE_MAX = 1.0 - 1e-7
+# tl.constexpr: a @triton.jit function may read a module global only if it is one (the GPU compiler
+# refuses a plain float with "Cannot access global variable"; the interpreter does not check).
+NOISE_MIN = tl.constexpr(1e-20)
+NOISE_MAX = tl.constexpr(1.0 - 1e-7)
 # Rows (one categorical each) per program: 64 rows of 32 classes = 2,048 elements, 16 per thread
 # with 4 warps; the (12,000 x 32)-row sampler of an imagination batch runs 6,000 programs.
 ROWS_PER_PROGRAM = 64
@@ -240,6 +244,6 @@ def categorical_sample_unsupported(logits, noise, mode="sample"):
     dtypes = {logits.dtype} | ({noise.dtype} if noise is not None else set())
     if not dtypes <= set(_TL_DTYPES):
         return f"dtypes {sorted(map(str, dtypes))} are not among {tuple(_TL_DTYPES)}"
-    if logits.device.type != "cuda" and torch.bfloat16 in dtypes:
+    if interpreted() and torch.bfloat16 in dtypes:
         return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
     return None

@@ -15,8 +15,8 @@ One program owns a block of rows and a block of output features; with the residu
 block spans the whole row (the mean and variance need all of it), so the width is capped at
 MAX_NORM_WIDTH. Accumulation, the epilogue and the LayerNorm statistics are fp32 whatever the
 input dtype (bf16 PyTorch rounds after the GEMM and after the add; this rounds once, at the
-store). fp32 products honour torch's matmul precision: IEEE unless
-`torch.set_float32_matmul_precision("high")` allows TF32, as cuBLAS does for the reference.
+store). fp32 products follow torch's matmul precision (kernels/precision.py): IEEE under "highest", TF32
+under "high", as cuBLAS does for the reference.
 
 Forward only: the world-model update trains with dropout between these ops, so training keeps the
 reference; `fused_linear_unsupported` sends any call that needs a gradient there.
@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from twm_fast.kernels.runtime import ieee_fp32, interpreted
 
 # The LayerNorm epilogue holds a whole row in one tile: the model width (256) and the feed-forward
 # width (1024) both fit.
@@ -157,13 +159,16 @@ def fused_linear_fwd(x, weight, bias=None, residual=None, norm_weight=None, norm
         raise ValueError(f"the LayerNorm epilogue holds a row of at most {MAX_NORM_WIDTH} features; got {N}")
     res2 = _rows(residual, N) if norm else out2  # any pointer when unused
     block_n = max(16, triton.next_power_of_2(N)) if norm else min(BLOCK_FEATURES, max(16, triton.next_power_of_2(N)))
-    # A whole-row tile wider than the model width would spill its fp32 accumulator: fewer rows then.
+    # A whole-row tile wider than the model width would spill its fp32 accumulator: fewer rows then;
+    # so would a model-width one whose IEEE fp32 products run on CUDA cores (their operands live in
+    # registers too: 40 B/thread on sm_80 with 32 rows, the compile check's survey).
     wide = block_n > 256
-    block_m = block_rows or (BLOCK_ROWS_LARGE if M >= LARGE_ROWS and not wide else BLOCK_ROWS_SMALL)
+    ieee = ieee_fp32(x.dtype)
+    block_m = block_rows or (BLOCK_ROWS_LARGE if M >= LARGE_ROWS and not wide and not (ieee and norm)
+                             else BLOCK_ROWS_SMALL)
     if block_m < 16 or block_m != triton.next_power_of_2(block_m):
         raise ValueError(f"block_rows must be a power of two >= 16 (a tl.dot tile); got {block_m}")
     block_k = min(BLOCK_REDUCTION, max(16, triton.next_power_of_2(K)))
-    ieee = x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _fused_linear_kernel[grid](
         x2, weight, bias if bias is not None else weight, res2,
@@ -202,6 +207,6 @@ def fused_linear_unsupported(x, weight, bias=None, residual=None, norm_weight=No
         return f"x and weight must share one of {_FLOAT_DTYPES}"
     if residual is not None and weight.shape[0] > MAX_NORM_WIDTH:
         return f"the LayerNorm epilogue holds at most {MAX_NORM_WIDTH} features; got {weight.shape[0]}"
-    if x.device.type != "cuda" and any(t.dtype == torch.bfloat16 for t in tensors):
+    if interpreted() and any(t.dtype == torch.bfloat16 for t in tensors):
         return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
     return None

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from twm_fast.kernels.runtime import interpreted
+
 # Trajectories per program, one per lane: 800 imagined trajectories -> 7 programs. The recursion is
 # sequential in t, so the parallelism is over trajectories; 128 lanes = 4 warps.
 TRAJECTORIES_PER_PROGRAM = 128
@@ -91,6 +93,6 @@ def gae_unsupported(rewards, discounts, values, lam):
         return "the GAE kernel has no backward; an input requires grad"
     if any(t.dtype not in _FLOAT_DTYPES for t in tensors):
         return f"dtypes must be among {_FLOAT_DTYPES}"
-    if rewards.device.type != "cuda" and any(t.dtype == torch.bfloat16 for t in tensors):
+    if interpreted() and any(t.dtype == torch.bfloat16 for t in tensors):
         return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
     return None

@@ -19,6 +19,13 @@ Dropout on the attention probabilities (training) draws its keep-mask from a Phi
 by a seed tensor and the element's index, so the backward regenerates the same mask and a CUDA
 graph draws a fresh one on every replay (the seed is a device tensor, drawn without a host sync).
 
+The backward follows FlashAttention-2: the forward keeps its position table P and the log-sum-exp
+of each query's scores, so that a backward program can own a block of keys and recompute the
+probabilities of its keys alone (exp(score - lse)); it loops over the queries in blocks,
+accumulates dK and dV in registers and adds its share of dQ with atomics. Holding all 64 keys of
+a (trajectory, head) through that loop instead (k, v, dk, dv and their mma operand copies) spills
+on sm_80 and in IEEE fp32 (the ptxas log of `python -m twm_fast.compile_check`).
+
 The training path (forward + backward over the 50-token window) is registered for `auto` on the
 expectation that one kernel each way beats the reference's ~10 forward and ~25 backward launches
 (and its sort-based scatter of rel_pos[dist]'s gradient); benches/gpu_report.py measures it (rows
@@ -27,16 +34,17 @@ differentiable calls back to the reference.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
+from twm_fast.kernels.runtime import ieee_fp32, interpreted
+
 # One tile of keys per (trajectory, head): the imagination cache holds 16 * 3 + 2 + 3 = 53 keys and
 # the training window 50 tokens (SPEC 3), so 64 covers both. Longer inputs go to the reference.
 MAX_KEYS = 64
-# The backward keeps every query of a (trajectory, head) in one tile too, so that dK and dV need no
-# atomics: 50 tokens in training.
-MAX_QUERIES_BACKWARD = 64
 # Rows of rel_pos (distances 0 .. R-1) in one tile: distances reach 52 in the imagination cache.
 MAX_DISTANCES = 64
 # A cached step appends (r, z, a): 3 tokens (2 for the first step); unrolled in the kernel.
@@ -50,12 +58,18 @@ MIN_DOT_SIZE = 16
 # 13/16 of its work would be wasted in a kernel that is bound by reading the K/V cache anyway.
 FMA_MAX_QUERIES = 4
 # Queries per program on the tensor-core path (training: 50 queries -> 4 programs per
-# (trajectory, head), 1,600 programs for B = 100, enough to fill 132 SMs).
+# (trajectory, head), 1,600 programs for B = 100, enough to fill 132 SMs), and per step of the
+# backward's loop over the queries of one (trajectory, head).
 QUERY_BLOCK = 16
-# Warps per program. 4 suit the 4 x 64 x 64 broadcast products of an imagination step; the
-# backward holds about ten 64 x 64 fp32 tiles at once, so it gets 8 to keep them in registers.
+# Keys per backward program: 32 keys x 64 dims for k, v, dk and dv is 32 KB of fp32 state, 64
+# registers a thread with 4 warps (the training window's 50 keys -> 2 programs per (trajectory, head)).
+BWD_KEY_BLOCK = 32
+# Warps per program. 4 suit the 4 x 64 x 64 broadcast products of an imagination step and the
+# TF32/bf16 tensor-core forward; the IEEE fp32 forward computes its products on CUDA cores and
+# needs 8 to keep its 64 x 64 fp32 tiles of k, v and rel_pos in registers (with 4 it spills).
 FWD_NUM_WARPS = 4
-BWD_NUM_WARPS = 8
+FWD_IEEE_NUM_WARPS = 8
+BWD_NUM_WARPS = 4
 # Philox offsets are int32: (trajectory, head, query, key) must index below 2**31.
 MAX_DROPOUT_ELEMENTS = 2**31 - 1
 
@@ -107,7 +121,9 @@ def _attention_probs(
 ):
     """Softmax of the masked relative-position scores of one block of queries: (BLOCK_T, BLOCK_S).
 
-    Also returns q + u, the content query the backward needs for dK.
+    Writes the block's rows of the position table P (pos_ptr, BLOCK_R floats per query), and also
+    returns each query's log-sum-exp of the scores (+inf for a query that sees no key), from which
+    the backward recomputes the probabilities.
     """
     query_content = q + u[None, :]  # (BLOCK_T, BLOCK_D)
     content = _mm_nt(query_content.to(k.dtype), k, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_S)
@@ -133,20 +149,21 @@ def _attention_probs(
     probs = tl.exp(scores - row_max[:, None])
     denom = tl.sum(probs, axis=1)
     probs = probs / tl.where(denom == 0.0, 1.0, denom)[:, None]
-    return probs, query_content
+    lse = tl.where(denom == 0.0, float("inf"), row_max + tl.log(tl.where(denom == 0.0, 1.0, denom)))
+    return probs, lse
 
 
 @triton.jit
-def _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p):
-    """Keep-mask of dropout for one block: a Philox draw per (trajectory, head, query, key)."""
+def _dropout_keep(seed_ptr, pid_bh, query, key, T, S, dropout_p):
+    """Keep-mask of dropout for one tile: a Philox draw per (trajectory, head, query, key), so the
+    backward's key-major tiles (query and key broadcast the other way round) draw the same mask."""
     seed = tl.load(seed_ptr)
-    element = (pid_bh * T + offs_t[:, None]) * S + offs_s[None, :]
-    return tl.rand(seed, element) >= dropout_p
+    return tl.rand(seed, (pid_bh * T + query) * S + key) >= dropout_p
 
 
 @triton.jit
 def _rel_attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, out_ptr, lse_ptr,
     kn_ptr, vn_ptr, slots_ptr,
     T, S, R, H, T_PAD, scale, dropout_p,
     stride_qb, stride_qt, stride_qh,
@@ -160,7 +177,7 @@ def _rel_attention_fwd_kernel(
     stride_vnb, stride_vnt, stride_vnh,
     D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
-    N_NEW: tl.constexpr,
+    N_NEW: tl.constexpr, SAVE_LSE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
@@ -198,13 +215,15 @@ def _rel_attention_fwd_kernel(
             tl.store(k_ptr + b * stride_kb + h * stride_kh + slot * stride_ks + offs_d, k_row, mask=write)
             tl.store(v_ptr + b * stride_vb + h * stride_vh + slot * stride_vs + offs_d, v_row, mask=write)
 
-    probs, _ = _attention_probs(
+    probs, lse = _attention_probs(
         q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R,
         offs_t, offs_s, offs_r, t_ok, s_ok, b, R, scale,
         stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
         BLOCK_R, USE_DOT, IEEE)
+    if SAVE_LSE:
+        tl.store(lse_ptr + pid_bh.to(tl.int64) * T_PAD + offs_t, lse)
     if DROPOUT:
-        keep = _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p)
+        keep = _dropout_keep(seed_ptr, pid_bh, offs_t[:, None], offs_s[None, :], T, S, dropout_p)
         probs = tl.where(keep, probs / (1.0 - dropout_p), 0.0)
     out = _mm_nn(probs.to(v.dtype), v, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_D)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_t[:, None] * stride_ot + offs_d[None, :],
@@ -213,80 +232,87 @@ def _rel_attention_fwd_kernel(
 
 @triton.jit
 def _rel_attention_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, rel_ptr, u_ptr, w_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, dout_ptr,
+    q_ptr, k_ptr, v_ptr, u_ptr, dist_ptr, allowed_ptr, seed_ptr, pos_ptr, lse_ptr, delta_ptr, dout_ptr,
     dq_ptr, dk_ptr, dv_ptr, dpos_ptr,
-    T, S, R, H, scale, dropout_p,
+    T, S, R, H, T_PAD, scale, dropout_p,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
-    stride_rr, stride_rh, stride_uh, stride_wh,
+    stride_uh,
     stride_db, stride_dt, stride_ds,
     stride_ab, stride_at, stride_as,
     stride_gb, stride_gt, stride_gh,
     D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
-    """One program per (trajectory, head), all its queries and keys in one tile.
+    """One program per (trajectory, head, block of keys), looping over blocks of queries.
 
-    Writes dq of the content term (fp32), dk, dv, and the gradient of the position table
-    dP[i, r] = sum over keys j with dist(i, j) = r of dscore(i, j), accumulated with atomics since
-    several keys may share a distance; the caller turns dP into the gradients of q, rel_pos and v.
+    The score tiles are key-major (keys of the block x queries of the block); with all 64 keys held
+    through the loop, or with dq computed head-dim-major (k^T dscore), the sm_80 TF32 build spills
+    (the compile check's ptxas log). Reads the forward's position table P (pos_ptr, T_PAD
+    rows of BLOCK_R per (trajectory, head)) and log-sum-exp (lse_ptr), and delta_i = dout_i . out_i
+    (delta_ptr, (B, T, H)); writes dk and dv, and adds with atomics (other key blocks share the
+    queries) dq of the content term (fp32, zeroed by the caller) and the gradient of the position
+    table dP[i, r] = sum over keys j with dist(i, j) = r of dscore(i, j).
     """
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
-    offs_t = tl.arange(0, BLOCK_T)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_r = tl.arange(0, BLOCK_R)
+    offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    t_ok = offs_t < T
     s_ok = offs_s < S
     d_ok = offs_d < D
-    td_ok = t_ok[:, None] & d_ok[None, :]
     sd_ok = s_ok[:, None] & d_ok[None, :]
 
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
-                mask=td_ok, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + h * stride_uh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + h * stride_wh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
-                mask=sd_ok, other=0.0)
+                mask=sd_ok, other=0.0)  # (BLOCK_S, BLOCK_D)
     v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
                 mask=sd_ok, other=0.0)
-    rel = tl.load(rel_ptr + h * stride_rh + offs_r[:, None] * stride_rr + offs_d[None, :],
-                  mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)
-    dout = tl.load(dout_ptr + b * stride_gb + h * stride_gh + offs_t[:, None] * stride_gt + offs_d[None, :],
-                   mask=td_ok, other=0.0).to(k.dtype)  # (BLOCK_T, BLOCK_D)
+    dk = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
+    table = pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < T
+        td_ok = t_ok[:, None] & d_ok[None, :]
+        st_ok = s_ok[:, None] & t_ok[None, :]
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
+                    mask=td_ok, other=0.0).to(tl.float32)
+        query_content = (q + u[None, :]).to(k.dtype)  # (BLOCK_T, BLOCK_D)
+        dout = tl.load(dout_ptr + b * stride_gb + h * stride_gh + offs_t[:, None] * stride_gt + offs_d[None, :],
+                       mask=td_ok, other=0.0).to(k.dtype)
+        lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T_PAD + offs_t, mask=t_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + (b * T + offs_t) * H + h, mask=t_ok, other=0.0)
 
-    probs, query_content = _attention_probs(
-        q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * BLOCK_T * BLOCK_R,
-        offs_t, offs_s, offs_r, t_ok, s_ok, b, R, scale,
-        stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
-        BLOCK_R, True, IEEE)
-    if DROPOUT:
-        keep = _dropout_keep(seed_ptr, pid_bh, offs_t, offs_s, T, S, dropout_p)
-        dropped = tl.where(keep, probs / (1.0 - dropout_p), 0.0)
-    else:
-        dropped = probs
-    dv = _mm_tn(dropped.to(k.dtype), dout, IEEE)  # (BLOCK_S, BLOCK_D)
-    ddropped = _mm_nt(dout, v, True, IEEE)  # (BLOCK_T, BLOCK_S)
-    # Softmax backward; with dropout sum_j dP'_ij P'_ij = dout_i . out_i = sum_j dP_ij P_ij.
-    delta = tl.sum(ddropped * dropped, axis=1)
-    if DROPOUT:
-        dprobs = tl.where(keep, ddropped / (1.0 - dropout_p), 0.0)
-    else:
-        dprobs = ddropped
-    dscore = probs * (dprobs - delta[:, None]) * scale       # d loss / d (content + position)
-    dq = _mm_nn(dscore.to(k.dtype), k, True, IEEE)  # (BLOCK_T, BLOCK_D)
-    dk = _mm_tn(dscore.to(k.dtype), query_content.to(k.dtype), IEEE)  # (BLOCK_S, BLOCK_D)
-
-    ts_ok = t_ok[:, None] & s_ok[None, :]
-    dist = tl.load(dist_ptr + b * stride_db + offs_t[:, None] * stride_dt + offs_s[None, :] * stride_ds,
-                   mask=ts_ok, other=0)
-    dist = tl.minimum(tl.maximum(dist, 0), R - 1).to(tl.int32)
-    tl.atomic_add(dpos_ptr + pid_bh.to(tl.int64) * T * R + offs_t[:, None] * R + dist, dscore,
-                  mask=ts_ok, sem="relaxed")
-    tl.store(dq_ptr + ((b * T + offs_t[:, None]) * H + h) * D + offs_d[None, :], dq, mask=td_ok)
+        content = _mm_nt(k, query_content, True, IEEE)  # (BLOCK_S, BLOCK_T)
+        dist = tl.load(dist_ptr + b * stride_db + offs_t[None, :] * stride_dt + offs_s[:, None] * stride_ds,
+                       mask=st_ok, other=0)
+        dist = tl.minimum(tl.maximum(dist, 0), R - 1).to(tl.int32)  # clamped as the forward does
+        position = tl.load(table + offs_t[None, :] * BLOCK_R + dist, mask=st_ok, other=0.0)
+        allowed = tl.load(allowed_ptr + b * stride_ab + offs_t[None, :] * stride_at + offs_s[:, None] * stride_as,
+                          mask=st_ok, other=0)
+        scores = tl.where((allowed != 0) & st_ok, (content + position) * scale, float("-inf"))
+        probs = tl.exp(scores - lse[None, :])  # (BLOCK_S, BLOCK_T): the forward's probabilities
+        if DROPOUT:
+            keep = _dropout_keep(seed_ptr, pid_bh, offs_t[None, :], offs_s[:, None], T, S, dropout_p)
+            dropped = tl.where(keep, probs / (1.0 - dropout_p), 0.0)
+        else:
+            dropped = probs
+        dv += _mm_nn(dropped.to(k.dtype), dout, True, IEEE)  # (BLOCK_S, BLOCK_D)
+        ddropped = _mm_nt(v, dout, True, IEEE)  # (BLOCK_S, BLOCK_T)
+        if DROPOUT:
+            dprobs = tl.where(keep, ddropped / (1.0 - dropout_p), 0.0)
+        else:
+            dprobs = ddropped
+        # Softmax backward; with dropout sum_j dP'_ij P'_ij = dout_i . out_i = delta_i.
+        dscore = probs * (dprobs - delta[None, :]) * scale       # d loss / d (content + position)
+        dk += _mm_nn(dscore.to(k.dtype), query_content, True, IEEE)  # (BLOCK_S, BLOCK_D)
+        dq = _mm_tn(dscore.to(k.dtype), k, IEEE)  # (BLOCK_T, BLOCK_D): this block's share of dq
+        tl.atomic_add(dq_ptr + ((b * T + offs_t[:, None]) * H + h) * D + offs_d[None, :], dq,
+                      mask=td_ok, sem="relaxed")
+        tl.atomic_add(dpos_ptr + pid_bh.to(tl.int64) * T * R + offs_t[None, :] * R + dist, dscore,
+                      mask=st_ok, sem="relaxed")
     kv_offs = ((b * S + offs_s[:, None]) * H + h) * D + offs_d[None, :]
     tl.store(dk_ptr + kv_offs, dk.to(dk_ptr.dtype.element_ty), mask=sd_ok)
     tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=sd_ok)
@@ -372,8 +398,15 @@ def _seed_arg(seed, dropout_p, dist):
     return seed
 
 
+class ForwardSaved(NamedTuple):
+    """What the forward keeps for the backward (`rel_attention_fwd(..., save=True)`)."""
+
+    position: torch.Tensor  # (B * H, T_PAD, BLOCK_R) fp32: P[i, r] = (q_i + v) . rel_pos[r]
+    lse: torch.Tensor       # (B * H, T_PAD) fp32: log-sum-exp of each query's scores
+
+
 def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0, seed=None,
-                      out=None, num_warps=None, query_block=None, new_kv=None):
+                      out=None, num_warps=None, query_block=None, new_kv=None, save=False):
     """Forward of relative-position attention (no autograd). See `rel_attention` for the shapes.
 
     seed: (1,) int64 tensor keying the dropout mask; needed only when dropout_p > 0.
@@ -382,6 +415,7 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
         products run on tensor cores), swept by benches/gpu_report.py.
     new_kv: optional (k_new, v_new, slots) of a cached step: k_new, v_new (B, n, H, D) are written
         into k and v (the cache) at slots (n,) int64, and attended to, in the same kernel.
+    save: also return the ForwardSaved the backward needs: (out, saved).
     """
     _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p)
     k_new, v_new, slots = new_kv if new_kv is not None else (q, q, dist)  # any pointers when unused
@@ -400,14 +434,19 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
         raise ValueError(f"query_block must be a power of two; got {query_block}")
     block_t, use_dot = query_block, query_block >= MIN_DOT_SIZE
     n_t_blocks = triton.cdiv(T, block_t)
+    t_pad = n_t_blocks * block_t
     block_s, block_r, block_d = _block(S), _block(R), _block(D)
-    position_scratch = torch.empty(B * H * n_t_blocks * block_t * block_r, dtype=torch.float32,
-                                   device=q.device)
+    # The position table: a scratch buffer read back by the same program, kept when saved.
+    position = torch.empty(B * H, t_pad, block_r, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B * H, t_pad, dtype=torch.float32, device=q.device) if save else position
     seed = _seed_arg(seed, dropout_p, dist)
+    ieee = ieee_fp32(q.dtype)
+    if num_warps is None:
+        num_warps = FWD_IEEE_NUM_WARPS if use_dot and ieee else FWD_NUM_WARPS
     _rel_attention_fwd_kernel[(B * H, n_t_blocks)](
-        q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position_scratch, out,
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position, out, lse,
         k_new, v_new, slots,
-        T, S, R, H, n_t_blocks * block_t, float(scale), float(dropout_p),
+        T, S, R, H, t_pad, float(scale), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -417,47 +456,55 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
         k_new.stride(0), k_new.stride(1), k_new.stride(2),
         v_new.stride(0), v_new.stride(1), v_new.stride(2),
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
-        USE_DOT=use_dot, IEEE=q.dtype == torch.float32, DROPOUT=dropout_p > 0,
-        N_NEW=0 if new_kv is None else k_new.shape[1],
-        num_warps=num_warps or FWD_NUM_WARPS,
+        USE_DOT=use_dot, IEEE=ieee, DROPOUT=dropout_p > 0,
+        N_NEW=0 if new_kv is None else k_new.shape[1], SAVE_LSE=save,
+        num_warps=num_warps,
     )
-    return out
+    return (out, ForwardSaved(position, lse)) if save else out
 
 
 def rel_attention_bwd(grad_out, q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p=0.0,
-                      seed=None, num_warps=None):
+                      seed=None, out=None, saved=None, num_warps=None):
     """Gradients of `rel_attention_fwd` for the upstream gradient grad_out (B, T, H, D).
 
-    Returns dq, dk, dv, drel_pos, du_bias, dv_bias in the dtypes of their inputs. The same seed as
-    the forward reproduces its dropout mask.
+    out, saved: the forward's output and ForwardSaved (`rel_attention_fwd(..., save=True)`); when
+    not given, the forward runs here first. The same seed as the forward reproduces its dropout
+    mask. Returns dq, dk, dv, drel_pos, du_bias, dv_bias in the dtypes of their inputs.
     """
     _check_inputs(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, dropout_p)
     B, T, H, D = q.shape
     S, R = k.shape[1], rel_pos.shape[0]
-    if T > MAX_QUERIES_BACKWARD:
-        raise ValueError(f"the backward holds one tile of at most {MAX_QUERIES_BACKWARD} queries; got T={T}")
     if grad_out.shape != q.shape or grad_out.stride(-1) != 1:
         raise ValueError(f"grad_out must be {tuple(q.shape)} with a contiguous last dimension; got "
                          f"{tuple(grad_out.shape)} strides {grad_out.stride()}")
-    block_t, block_s, block_r, block_d = _block(T), _block(S), _block(R), _block(D)
-    position_scratch = torch.empty(B * H * block_t * block_r, dtype=torch.float32, device=q.device)
-    dq_content = torch.empty(B, T, H, D, dtype=torch.float32, device=q.device)
+    if saved is None:
+        out, saved = rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed,
+                                       save=True)
+    if out is None or out.shape != q.shape:
+        raise ValueError(f"out must be the forward's (B, T, H, D) output {tuple(q.shape)} with its saved tensors")
+    block_s, block_r, block_d = BWD_KEY_BLOCK, _block(R), _block(D)
+    t_pad = saved.lse.shape[1]
+    if saved.position.shape != (B * H, t_pad, block_r) or saved.lse.shape[0] != B * H:
+        raise ValueError("saved must be the ForwardSaved of the forward of these inputs")
+    # delta_i = dout_i . out_i: the softmax backward's row sum, in one reduction up front.
+    delta = torch.linalg.vecdot(grad_out.float(), out.float())                       # (B, T, H)
+    dq_content = torch.zeros(B, T, H, D, dtype=torch.float32, device=q.device)
     dk = torch.empty(B, S, H, D, dtype=k.dtype, device=q.device)
     dv = torch.empty(B, S, H, D, dtype=v.dtype, device=q.device)
     dposition = torch.zeros(B, H, T, R, dtype=torch.float32, device=q.device)
     seed = _seed_arg(seed, dropout_p, dist)
-    _rel_attention_bwd_kernel[(B * H,)](
-        q, k, v, rel_pos, u_bias, v_bias, dist, allowed.view(torch.uint8), seed, position_scratch, grad_out,
+    _rel_attention_bwd_kernel[(B * H, triton.cdiv(S, block_s))](
+        q, k, v, u_bias, dist, allowed.view(torch.uint8), seed, saved.position, saved.lse, delta, grad_out,
         dq_content, dk, dv, dposition,
-        T, S, R, H, float(scale), float(dropout_p),
+        T, S, R, H, t_pad, float(scale), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        rel_pos.stride(0), rel_pos.stride(1), u_bias.stride(0), v_bias.stride(0),
+        u_bias.stride(0),
         *_dist_strides(dist), *allowed.stride(),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
-        IEEE=q.dtype == torch.float32, DROPOUT=dropout_p > 0,
+        D=D, BLOCK_T=QUERY_BLOCK, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
+        IEEE=ieee_fp32(q.dtype), DROPOUT=dropout_p > 0,
         num_warps=num_warps or BWD_NUM_WARPS,
     )
     # The position term (q_i + v) . rel_pos[r] is a small GEMM per head: two more GEMMs give its gradients.
@@ -473,16 +520,17 @@ class RelAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed):
-        out = rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed)
+        out, saved = rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropout_p, seed,
+                                       save=True)
+        ctx.save_for_backward(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed, out, *saved)
         ctx.scale, ctx.dropout_p = scale, dropout_p
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed = ctx.saved_tensors
+        q, k, v, rel_pos, u_bias, v_bias, dist, allowed, seed, out, position, lse = ctx.saved_tensors
         grads = rel_attention_bwd(grad_out.contiguous(), q, k, v, rel_pos, u_bias, v_bias, dist, allowed,
-                                  ctx.scale, ctx.dropout_p, seed)
+                                  ctx.scale, ctx.dropout_p, seed, out, ForwardSaved(position, lse))
         grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)]
         return (*grads, None, None, None, None, None)
 
@@ -505,7 +553,7 @@ def rel_attention(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dropou
         dropout_p: dropout on the attention probabilities; the mask is drawn from a seed taken from
             torch's generator on q's device, so it differs from the reference's mask (same law).
     Returns:
-        (B, T, H, D) in q's dtype. Differentiable (q, k, v, rel_pos, u_bias, v_bias) when T <= 64.
+        (B, T, H, D) in q's dtype. Differentiable (q, k, v, rel_pos, u_bias, v_bias).
     """
     # A head_dim with a stride (rare: a transposed view) is copied once; every other layout is read in place.
     q, k, v, rel_pos, u_bias, v_bias = (t if t.stride(-1) == 1 else t.contiguous()
@@ -527,13 +575,11 @@ def rel_attention_unsupported(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, s
         return f"{rel_pos.shape[0]} relative distances exceed the kernel's tile of {MAX_DISTANCES}"
     if D > MAX_HEAD_DIM:
         return f"head_dim {D} exceeds {MAX_HEAD_DIM}"
-    if T > MAX_QUERIES_BACKWARD and _needs_grad(q, k, v, rel_pos, u_bias, v_bias):
-        return f"the backward holds at most {MAX_QUERIES_BACKWARD} queries; got {T}"
     if q.dtype not in _FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"q, k, v must share one of {_FLOAT_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}"
     if any(t.dtype not in _FLOAT_DTYPES for t in (rel_pos, u_bias, v_bias)):
         return f"rel_pos, u_bias, v_bias must be among {_FLOAT_DTYPES}"
-    if q.device.type != "cuda" and torch.bfloat16 in (q.dtype, rel_pos.dtype, u_bias.dtype, v_bias.dtype):
+    if interpreted() and torch.bfloat16 in (q.dtype, rel_pos.dtype, u_bias.dtype, v_bias.dtype):
         return "bfloat16 needs a GPU: the Triton interpreter has no bfloat16"
     if dropout_p > 0 and q.shape[0] * q.shape[2] * T * S > MAX_DROPOUT_ELEMENTS:
         return "dropout offsets would overflow int32"

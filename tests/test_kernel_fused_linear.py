@@ -11,7 +11,8 @@ from twm_fast.kernels import fused_linear as kernel
 from twm_fast.kernels.fused_linear import fused_linear_fwd
 
 from twm_fast.reference import fused_linear_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
+from twm_fast.testing import (assert_fp32_close_or_within_bf16_bound, assert_within_twice_the_reference_error,
+                              compiled_only, kernel_devices, matmul_precision)
 
 COMPILED = compiled_only()
 DEVICES = kernel_devices()
@@ -186,6 +187,20 @@ def test_full_size_on_gpu(size, dtype):
     ref_lowp = run(fused_linear_ref, tensors, **flags)
     ref_fp32 = run(fused_linear_ref, {k: None if v is None else v.float() for k, v in tensors.items()}, **flags)
     assert_fp32_close_or_within_bf16_bound(size, fast, ref_lowp, ref_fp32, dtype)
+
+
+@gpu_only
+@pytest.mark.parametrize("size", list(FULL_SIZES))
+def test_full_size_tf32_within_twice_the_tf32_reference_error(size):
+    """config.matmul_precision="high" (the GPU default): the kernel's TF32 products against cuBLAS's."""
+    spec = dict(FULL_SIZES[size])
+    norm, flags = split(spec.pop("epilogue"))
+    tensors = make_inputs(norm=norm, dtype=torch.float32, device="cuda", **spec)
+    with matmul_precision("highest"):
+        ref_fp32 = run(fused_linear_ref, tensors, **flags)
+    with matmul_precision("high"):
+        ref_tf32, fast = run(fused_linear_ref, tensors, **flags), run(fused_linear_fwd, tensors, **flags)
+    assert_within_twice_the_reference_error(size, fast, ref_tf32, ref_fp32, "tf32")
 
 
 @gpu_only

@@ -11,7 +11,8 @@ from twm_fast.kernels.rel_attention import RelAttention, rel_attention_fwd, rel_
 
 from twm_fast.reference import attention as reference_module
 from twm_fast.reference import rel_attention_ref, rel_attention_step_ref
-from twm_fast.testing import assert_fp32_close_or_within_bf16_bound, compiled_only, kernel_devices
+from twm_fast.testing import (assert_fp32_close_or_within_bf16_bound, assert_within_twice_the_reference_error,
+                              compiled_only, kernel_devices, matmul_precision)
 
 COMPILED = compiled_only()
 DEVICES = kernel_devices()
@@ -191,6 +192,7 @@ def _relation(*args, dropout_p=0.0, seed=None):
     (5, 3, 37, 2, 16, 40, False),
     (3, 50, 50, 2, 64, 53, False),
     (2, 7, 11, 3, 24, 9, True),
+    (1, 45, 60, 1, 16, 8, False),  # three blocks of the backward's query loop, the last one partial
 ])
 def test_gradients_match_reference(device, mask, B, T, S, H, D, R, batched_dist):
     tensors, dist, allowed = make_inputs(B, T, S, H, D, R, mask, batched_dist, device=device)
@@ -315,9 +317,10 @@ def test_unsupported_names_what_the_kernel_cannot_honour():
     assert kernel.rel_attention_unsupported(*tensors, dist, allowed, SCALE, 0.1) is None
     big, big_dist, big_allowed = make_inputs(1, 1, kernel.MAX_KEYS + 1, 1, 16, 8, "full")
     assert "keys" in kernel.rel_attention_unsupported(*big, big_dist, big_allowed, SCALE)
-    n = kernel.MAX_QUERIES_BACKWARD + 1
-    long_window, d, a = make_inputs(1, n, n, 1, 16, 8, "full")
-    assert kernel.rel_attention_unsupported(*long_window, d, a, SCALE) is not None  # too many keys anyway
+    long_window, d, a = make_inputs(1, kernel.MAX_KEYS + 1, kernel.MAX_KEYS + 1, 1, 16, 8, "full")
+    assert "keys" in kernel.rel_attention_unsupported(*long_window, d, a, SCALE)
+    many_queries, d, a = make_inputs(1, 2 * kernel.MAX_KEYS, 8, 1, 16, 8, "full")  # the backward loops over queries
+    assert kernel.rel_attention_unsupported(many_queries[0].requires_grad_(), *many_queries[1:], d, a, SCALE) is None
     q = tensors[0].requires_grad_()
     assert kernel.rel_attention_unsupported(q, *tensors[1:], dist, allowed, SCALE) is None
     bf16 = cast(tensors, torch.bfloat16)
@@ -354,6 +357,22 @@ def test_full_size_forward_on_gpu(size, mask, dtype):
     fast = rel_attention_fwd(*lowp, dist, allowed, SCALE)
     assert fast.dtype == dtype
     assert_fp32_close_or_within_bf16_bound("out", fast, ref_lowp, ref_fp32, dtype)
+
+
+@gpu_only
+@pytest.mark.parametrize("size", list(FULL_SIZES))
+def test_full_size_tf32_within_twice_the_tf32_reference_error(size):
+    """config.matmul_precision="high" (the GPU default): TF32 products, forward and, in training, gradients."""
+    tensors, dist, allowed = _full_inputs(size, "random")
+    upstream = torch.randn_like(tensors[0])
+    with matmul_precision("highest"):
+        out_fp32, grads_fp32 = _gradients(rel_attention_ref, tensors, dist, allowed, upstream)
+    with matmul_precision("high"):
+        out_tf32, grads_tf32 = _gradients(rel_attention_ref, tensors, dist, allowed, upstream)
+        out_fast, grads_fast = _gradients(_relation, tensors, dist, allowed, upstream)
+    assert_within_twice_the_reference_error("out", out_fast, out_tf32, out_fp32, "tf32")
+    for name, a, b, c in zip(("q", "k", "v", "rel_pos", "u_bias", "v_bias"), grads_fast, grads_tf32, grads_fp32):
+        assert_within_twice_the_reference_error(f"d{name}", a, b, c, "tf32")
 
 
 @gpu_only

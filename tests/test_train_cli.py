@@ -50,6 +50,7 @@ def test_train_stop_resume_evaluate(tmp_path):
     assert list((run / "images").glob("imagined_*.png")) and list((run / "images").glob("imagined_*.gif"))
     config = json.loads((run / "config.json").read_text())
     assert config["game"] == "catch" and config["env_steps"] == 400
+    assert config["matmul_precision"] == "highest"  # "auto" resolved for the CPU, and recorded
 
     counters, replay, visits = visit_total(run / "checkpoints", "latest", config["wm_sequence_length"])
     assert counters["phase"] == "main" and counters["env_steps"] == 260

@@ -18,6 +18,8 @@ from typing import Any
 # Dtypes imagination and the world-model update can run in (config.imagine_dtype, world_model_dtype).
 IMAGINE_DTYPES = ("float32", "bfloat16")
 WORLD_MODEL_DTYPES = ("float32", "bfloat16")
+# The precision of fp32 products (config.matmul_precision; twm_fast/precision.py applies it).
+MATMUL_PRECISIONS = ("auto", "high", "highest")
 
 
 @dataclass
@@ -28,6 +30,9 @@ class Config:
     device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     replay_backend: str = "cpp"         # "cpp" (the C++ ring buffer) or "reference" (numpy twin)
     threads: int = 0                    # torch CPU threads; 0: chosen at start (train.choose_threads), then saved
+    # fp32 products in cuBLAS, cuDNN and the kernels: "high" (TF32 tensor cores), "highest" (IEEE) or
+    # "auto" (high on a GPU, highest on a CPU); resolved and saved in config.json (twm_fast/precision.py).
+    matmul_precision: str = "auto"
 
     # ---- Environment (SPEC 1) ---------------------------------------------------------------
     frame_size: int = 64                # observations are frame_size x frame_size grayscale
@@ -148,6 +153,8 @@ class Config:
         need(self.threads >= 0, f"threads={self.threads} must be >= 0 (0: chosen for the machine)")
         need(self.world_model_dtype in WORLD_MODEL_DTYPES,
              f"world_model_dtype={self.world_model_dtype!r} must be one of {', '.join(WORLD_MODEL_DTYPES)}")
+        need(self.matmul_precision in MATMUL_PRECISIONS,
+             f"matmul_precision={self.matmul_precision!r} must be one of {', '.join(MATMUL_PRECISIONS)}")
         need(self.imagine_dtype in IMAGINE_DTYPES,
              f"imagine_dtype={self.imagine_dtype!r} must be one of {', '.join(IMAGINE_DTYPES)}")
         return self

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from twm_fast import ops
+from twm_fast.precision import numerics_key
 
 # Eager calls before the capture: the first compiles the Triton kernels and creates cuBLAS
 # workspaces, the second runs with everything warm, as the captured call will.
@@ -71,10 +72,10 @@ class CapturedCall:
 
     @staticmethod
     def _key(args: tuple) -> tuple:
-        # Shapes, dtypes and devices of the tensors, the other arguments' values, and the backend
-        # (a graph keeps the kernels it was captured with).
+        # Shapes, dtypes and devices of the tensors, the other arguments' values, the backend and the
+        # precision and autocast state (a graph keeps the kernels it was captured with).
         layout = map_tensors(args, lambda t: (tuple(t.shape), t.dtype, str(t.device), t.stride()))
-        return repr(layout), ops.backend()
+        return repr(layout), ops.backend(), numerics_key()
 
     def __call__(self, *args):
         tensors = tensors_of(args)

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    parser.add_argument("--video", default=None, metavar="DIR",
+                        help="also write videos of a few evaluation episodes (real frames beside their "
+                             "reconstruction) into DIR")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
@@ -110,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
           f"episodes" + (f", human-normalised {norm:.3f}" if norm is not None else ""))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.video:
+        from twm_fast.video import VIDEO_EPISODES, record_episodes
+        paths = record_episodes(agent, config, Path(args.video), episodes=min(VIDEO_EPISODES, args.episodes),
+                                seed=args.seed, show_progress=True)
+        print(f"videos: {', '.join(str(p) for p in paths)}")
     return 0
 
 

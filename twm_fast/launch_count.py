@@ -36,7 +36,7 @@ NO_KERNEL = frozenset({
     "view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "select", "slice", "t", "transpose", "permute",
     "unbind", "split", "split_with_sizes", "alias", "detach", "as_strided", "unflatten", "flatten",
     "_reshape_alias", "reshape", "diagonal", "lift_fresh", "empty", "empty_like", "new_empty", "empty_strided",
-    "resolve_conj", "resolve_neg", "_to_copy_noop",
+    "resolve_conj", "resolve_neg", "_to_copy_noop", "promote_types",
 })
 # ATen ops that copy a value to the host and wait for the device.
 HOST_SYNC = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "_assert_async"})

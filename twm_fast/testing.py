@@ -1,6 +1,7 @@
 """Small configurations and inputs for tests and benchmarks (importable from any test module)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -54,8 +55,30 @@ def assert_fp32_close_or_within_bf16_bound(name: str, fast: torch.Tensor, ref_lo
         limit = fp32_tol * max(ref_fp32.abs().max().item(), 1.0)
         assert error <= limit, f"{name}: fp32 error {error} > {limit}"
     else:
-        bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
-        assert error <= bound, f"{name}: {dtype} kernel error {error} > 2 x {dtype} reference error {bound / 2}"
+        assert_within_twice_the_reference_error(name, fast, ref_lowp, ref_fp32, str(dtype))
+
+
+def assert_within_twice_the_reference_error(name: str, fast: torch.Tensor, ref_lowp: torch.Tensor,
+                                            ref_fp32: torch.Tensor, numerics: str):
+    """The rule for reduced precision (bf16 storage, or TF32 products): the fast error against the IEEE
+    fp32 reference is at most twice that of the plain-PyTorch computation in the same numerics."""
+    error = (fast.float() - ref_fp32.float()).abs().max().item()
+    bound = 2 * (ref_lowp.float() - ref_fp32.float()).abs().max().item()
+    assert error <= bound, f"{name}: {numerics} kernel error {error} > 2 x {numerics} reference error {bound / 2}"
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """config.matmul_precision's setting ("high" = TF32, "highest" = IEEE) within the block."""
+    from twm_fast.precision import apply_matmul_precision
+
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    apply_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def compiled_only():
@@ -77,3 +100,37 @@ def kernel_devices() -> list:
         pytest.param("cpu", marks=pytest.mark.skipif(not interpreted, reason="CPU tensors need the interpreter")),
         pytest.param("cuda", marks=[pytest.mark.gpu, compiled_only()]),
     ]
+
+
+def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, seed: int = 0):
+    """Save `<directory>/final.pt` (and its replay): an agent with the quick preset's model on Catch after
+    `updates` training steps on `steps` steps of random play. Seconds on a CPU; the tests of the dream,
+    the play page and the evaluation videos load it as they would a real run's checkpoint."""
+    import math
+    from pathlib import Path
+
+    from twm_fast.agent.agent import Agent
+    from twm_fast.checkpoint import save_checkpoint
+    from twm_fast.envs import make_env
+    from twm_fast.replay import make_replay
+
+    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps)
+    env = make_env("catch", seed=seed, train=True, config=config)
+    replay = make_replay(config.replay_backend, capacity=steps, temperature=config.replay_temperature, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    replay.add_first(obs)
+    for _ in range(steps):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+        replay.add(action, math.tanh(reward), terminated, truncated, obs)
+    torch.manual_seed(seed)
+    agent = Agent(config, env.num_actions)
+    length = config.wm_sequence_length
+    for _ in range(updates):
+        batch = replay.read_windows(replay.sample_starts(config.wm_batch_size, length), length)
+        restart_obs = replay.read_obs(replay.random_obs_indices(config.imagine_batch_size))
+        agent.train_step({k: torch.as_tensor(v) for k, v in batch.items()}, torch.as_tensor(restart_obs))
+    return save_checkpoint(Path(directory), "final", agent=agent, replay=replay, config=config,
+                           counters={"phase": "done", "env_steps": replay.total_steps})

@@ -31,6 +31,7 @@ from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
 from twm_fast.install import install_problem
 from twm_fast.metrics import MetricsLog
+from twm_fast.precision import apply_matmul_precision, resolve_matmul_precision
 from twm_fast.progress import Phase, RunProgress
 from twm_fast.replay import make_replay, replay_class
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
@@ -570,6 +571,8 @@ def _main(args) -> int:
         raise ValueError(f"--heartbeat {args.heartbeat:g}: give the seconds between heartbeat lines, e.g. --heartbeat 60")
     # Everything that can refuse the run does so before a run directory exists.
     device = resolve_device(config.device)
+    config.matmul_precision = resolve_matmul_precision(config.matmul_precision, device)
+    apply_matmul_precision(config.matmul_precision)
     config.threads, why = choose_threads(config.threads, device)
     torch.set_num_threads(config.threads)
     check_installed(config, device)

@@ -14,6 +14,7 @@ from the reference's mask for the same torch seed (same distribution).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -34,6 +35,24 @@ from twm_fast.reference import (
 )
 
 BACKENDS = ("auto", "triton", "torch")
+# True while `twm_fast.compile_check` drives the library on CPU tensors: the ops then dispatch as on a
+# CUDA device, to a stand-in Triton driver that compiles each launch for a GPU target and runs nothing.
+_dispatch_as_on_gpu = False
+
+
+@contextlib.contextmanager
+def dispatch_as_on_gpu():
+    """Within the block, CPU tensors choose their implementation as CUDA tensors would."""
+    global _dispatch_as_on_gpu
+    previous, _dispatch_as_on_gpu = _dispatch_as_on_gpu, True
+    try:
+        yield
+    finally:
+        _dispatch_as_on_gpu = previous
+
+
+def _on_gpu(device: torch.device) -> bool:
+    return device.type == "cuda" or _dispatch_as_on_gpu
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,7 @@ def implementation(name: str, device: torch.device, args: tuple = ()) -> Callabl
             raise RuntimeError(f"TWM_FAST_BACKEND=triton but op {name!r} has no Triton kernel")
         if not _triton_installed():
             raise RuntimeError(f"TWM_FAST_BACKEND=triton but triton is not installed (op {name!r})")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if not _on_gpu(device) and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 f"TWM_FAST_BACKEND=triton but op {name!r} got a {device.type} tensor; Triton needs "
                 "a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter)")
@@ -126,7 +145,7 @@ def implementation(name: str, device: torch.device, args: tuple = ()) -> Callabl
                                f"{reason}")
         return _load(entry.fast)
     # auto: the kernel only on a GPU (the interpreter is for tests, far too slow for training).
-    if entry.fast is None or device.type != "cuda" or not _triton_installed():
+    if entry.fast is None or not _on_gpu(device) or not _triton_installed():
         return entry.reference
     if entry.unsupported and args and _load(entry.unsupported)(*args) is not None:
         return entry.reference

@@ -17,6 +17,33 @@ import torch
 import torch.nn.functional as F
 
 
+def rel_attention_probs_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    rel_pos: torch.Tensor,
+    u_bias: torch.Tensor,
+    v_bias: torch.Tensor,
+    dist: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """The attention probabilities of `rel_attention_ref` (before dropout): (B, H, T, S).
+
+    Arguments as `rel_attention_ref`. The kernels never materialise these; this is how a caller that
+    wants to look at them (the dream page's attention view) gets them for the same inputs.
+    """
+    dist = dist.clamp(0, rel_pos.shape[0] - 1)
+    rel = rel_pos[dist]                                                   # (T, S, H, D) or (B, T, S, H, D)
+    content = torch.einsum("bthd,bshd->bhts", q + u_bias, k)             # (B, H, T, S)
+    if rel.dim() == 4:
+        position = torch.einsum("bthd,tshd->bhts", q + v_bias, rel)      # (B, H, T, S)
+    else:
+        position = torch.einsum("bthd,btshd->bhts", q + v_bias, rel)
+    scores = (content + position) * scale
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
 def rel_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -45,16 +72,7 @@ def rel_attention_ref(
     Returns:
         (B, T, H, D) the attention-weighted values (before the output projection).
     """
-    dist = dist.clamp(0, rel_pos.shape[0] - 1)
-    rel = rel_pos[dist]                                                   # (T, S, H, D) or (B, T, S, H, D)
-    content = torch.einsum("bthd,bshd->bhts", q + u_bias, k)             # (B, H, T, S)
-    if rel.dim() == 4:
-        position = torch.einsum("bthd,tshd->bhts", q + v_bias, rel)      # (B, H, T, S)
-    else:
-        position = torch.einsum("bthd,btshd->bhts", q + v_bias, rel)
-    scores = (content + position) * scale
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
+    probs = rel_attention_probs_ref(q, k, rel_pos, u_bias, v_bias, dist, allowed, scale)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.einsum("bhts,bshd->bthd", probs, v)                    # (B, T, H, D)
