@@ -168,7 +168,7 @@ class _StandInUtils:
         pass
 
     def get_device_properties(self, device):
-        return {"max_shared_mem": TARGETS[self.arch], "multiprocessor_count": 132, "max_num_regs": 65536,
+        return {"max_shared_mem": TARGETS[device], "multiprocessor_count": 132, "max_num_regs": 65536,
                 "warpSize": 32, "sm_clock_rate": 0, "mem_clock_rate": 0, "mem_bus_width": 0}
 
 
@@ -238,7 +238,7 @@ class StandInDriver:
     def get_benchmarker(self):
         raise RuntimeError("the stand-in driver runs no kernel")
 
-    def record_compile(self, kernel, variant: str, seconds: float, log: str) -> None:
+    def record_compile(self, kernel, arch: int, seconds: float, log: str) -> None:
         m = kernel.metadata
         props = _PTXAS_PROPERTIES.search(log)
         regs = _PTXAS_REGISTERS.search(log)
@@ -249,43 +249,55 @@ class StandInDriver:
             name = names[index] if isinstance(index, int) else str(index)
             constexprs[name] = value if isinstance(value, (int, float, bool, str)) else str(value)
         compiled = Compiled(
-            kernel.name, self.arch, variant, constexprs, _specialization(kernel.src, names), m.num_warps,
+            kernel.name, arch, self.survey.variant, constexprs, _specialization(kernel.src, names), m.num_warps,
             m.num_stages, m.shared,
             int(regs.group(1)) if regs else -1,
             int(props.group(2)) if props else -1, int(props.group(3)) if props else -1,
             int(props.group(1)) if props else -1,
             _dot_kind(kernel.asm.get("ptx", ""), kernel.asm.get("ttir", "")), seconds)
-        if m.shared > TARGETS[self.arch]:
-            compiled.error = f"{m.shared} B of shared memory exceed sm_{self.arch}'s {TARGETS[self.arch]} B"
+        if m.shared > TARGETS[arch]:
+            compiled.error = f"{m.shared} B of shared memory exceed sm_{arch}'s {TARGETS[arch]} B"
         _COMPILED[m.hash] = compiled
         self.survey.compiled.append(compiled)
+
+
+_original_compile = None  # triton.compiler.compile, once the wrapper below has replaced it
+
+
+def _compile_and_record(src, target=None, options=None, **kwargs):
+    """triton.compiler.compile, recording each compile in the active stand-in's survey. A kernel keeps
+    the `compile` it first bound (JITFunction.create_binder), so this also serves later stand-ins and
+    passes through when none is active; the target is the one Triton compiles for."""
+    from triton.runtime import driver as triton_driver
+
+    standin = triton_driver._active
+    if not isinstance(standin, StandInDriver):
+        return _original_compile(src, target=target, options=options, **kwargs)
+    log = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(log):  # ptxas's -v log (knobs.nvidia.dump_ptxas_log)
+        kernel = _original_compile(src, target=target, options=options, **kwargs)
+    standin.record_compile(kernel, target.arch, time.perf_counter() - start, log.getvalue())
+    return kernel
 
 
 @contextlib.contextmanager
 def stand_in_gpu(arch: int, survey: Survey):
     """Within the block, Triton compiles for sm_{arch} and launches nothing, and `twm_fast.ops`
     dispatches CPU tensors as CUDA tensors."""
-    import triton
+    global _original_compile
     import triton.compiler
     from triton import knobs
     from triton.runtime import driver as triton_driver
 
     standin = StandInDriver(arch, survey)
-    original_compile = triton.compiler.compile
-
-    def compile_and_record(src, target=None, options=None, **kwargs):
-        log = io.StringIO()
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(log):  # ptxas's -v log (knobs.nvidia.dump_ptxas_log)
-            kernel = original_compile(src, target=target, options=options, **kwargs)
-        standin.record_compile(kernel, survey.variant, time.perf_counter() - start, log.getvalue())
-        return kernel
-
     dump_log = knobs.nvidia.dump_ptxas_log
     knobs.nvidia.dump_ptxas_log = True
     # JITFunction.create_binder imports `compile` from triton.compiler when it first meets a device;
     # the stand-in's devices (90, 80) are new to every kernel, so the wrapper is what they bind.
-    triton.compiler.compile = compile_and_record
+    if _original_compile is None:
+        _original_compile = triton.compiler.compile
+    triton.compiler.compile = _compile_and_record
     # The driver that was active (None until first asked for: without a GPU there is none to make).
     previous = triton_driver._active
     triton_driver.set_active(standin)
@@ -294,7 +306,7 @@ def stand_in_gpu(arch: int, survey: Survey):
             yield standin
     finally:
         triton_driver._active = previous
-        triton.compiler.compile = original_compile
+        triton.compiler.compile = _original_compile
         knobs.nvidia.dump_ptxas_log = dump_log
 
 
@@ -519,6 +531,27 @@ def compile_table(survey: Survey) -> str:
     return "\n".join(lines)
 
 
+def summary_table(survey: Survey) -> str:
+    """Markdown: one row per kernel, target and variant (their compiles taken together)."""
+    groups: dict = {}
+    for c in survey.compiled:
+        groups.setdefault((-c.arch, c.variant, c.kernel), []).append(c)
+    lines = ["| target | variant | kernel | compiles | warps | registers (max) | shared B (max) | spill B | dots "
+             "| compile s (max) |", "|" + " --- |" * 10]
+    for (arch, variant, kernel), cs in sorted(groups.items()):
+        ok = [c for c in cs if not c.error]
+        name = kernel.removeprefix("_").removesuffix("_kernel")
+        if not ok:
+            lines.append(f"| sm_{-arch} | {variant} | {name} | {len(cs)} | error: {cs[0].error[:80]} | | | | | |")
+            continue
+        warps = "/".join(str(w) for w in sorted({c.num_warps for c in ok}))
+        dots = "/".join(sorted({c.dots for c in ok}))
+        lines.append(f"| sm_{-arch} | {variant} | {name} | {len(cs)} | {warps} | {max(c.registers for c in ok)} | "
+                     f"{max(c.shared for c in ok)} | {sum(c.spills for c in ok)} | {dots} | "
+                     f"{max(c.compile_s for c in ok):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m twm_fast.compile_check",
                                      description="Compile every Triton launch of twm-fast for sm_90 and sm_80 "
@@ -556,7 +589,8 @@ def main(argv=None) -> int:
         survey = run_survey(archs, variants, fast=args.fast, only=args.piece, log=lambda m: print(m, file=sys.stderr))
     model = perf_model.project(survey)
     report = (f"## Compiled kernels (triton {triton.__version__}, torch {torch.__version__}; {len(survey.compiled)} "
-              f"compiles in {time.perf_counter() - started:.0f} s)\n\n{compile_table(survey)}\n\n"
+              f"compiles in {time.perf_counter() - started:.0f} s)\n\n{summary_table(survey)}\n\n"
+              f"### Every compile\n\n{compile_table(survey)}\n\n"
               "## Projected times at the H200's limits (an estimate from the compiled launches, not a "
               f"measurement)\n\n{perf_model.piece_table(model)}\n")
     print("\n" + report)
