@@ -22,6 +22,7 @@ import torch
 from twm_fast.agent.agent import Agent
 from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from twm_fast.config import PRESETS, Config, make_config
+from twm_fast.devices import resolve_device
 from twm_fast.envs import canonical_game, make_env
 from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
@@ -34,26 +35,6 @@ PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "don
 LOG_EVERY_TRAIN_STEPS = 50
 # A CPU run whose estimate exceeds this many hours is refused unless --allow-slow is given.
 CPU_REFUSE_HOURS = 12.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; validates explicit names with a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"bad device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu "
-                             "(and --preset quick) or run on a machine with a GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
-                             "CUDA device(s)")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def seed_everything(seed: int) -> None:
