@@ -117,7 +117,7 @@ def load_agent(checkpoint: str, device: str = "auto"):
         config = Config.from_dict(payload["config"])
         agent = Agent(config, payload["num_actions"])
         agent.load_state_dict(payload["agent"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"checkpoint {payload['path']} does not hold a complete agent ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}); use another checkpoint") from None
     return agent.to(resolve_device(device)), config, payload
