@@ -1,5 +1,7 @@
 """`python -m twm_fast.sweep`: tiny Catch runs on embedded Ray on the CPU, then the report over them."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -7,53 +9,76 @@ import time
 
 import pytest
 
-from twm_fast.sweep import parse_games, parse_seeds, run_state
+from twm_fast.sweep import RunSpec, parse_games, parse_seeds, run_state, train_command
 
-# Catch shrunk to seconds per run: 40 prefill steps, 40 collected, 10 training steps, 1-episode evaluations.
-TINY = ["env_steps=80", "prefill_steps=40", "pretrain_budget=1000", "total_budget=3880", "imagine_batch_size=16",
+# Catch shrunk to seconds per run: 40 prefill steps, 160 collected, 10 training steps, 1-episode evaluations.
+TINY = ["env_steps=200", "prefill_steps=40", "pretrain_budget=1000", "total_budget=3880", "imagine_batch_size=16",
         "eval_every=40", "eval_episodes=1", "final_eval_episodes=1", "checkpoint_every=20",
         "pretrain_obs_batch_size=64"]
 # Embedded Ray kept small on the 2-core CI machine: 2 CPUs, a small object store, no dashboard.
 RAY = ["--cpus", "2", "--object-store-mb", "80", "--status-every", "5"]
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def command(*args, module="twm_fast.sweep"):
+    return [sys.executable, "-m", module, *args]
 
 
 def run(*args, module="twm_fast.sweep", check=True):
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
-                          cwd=tempfile.gettempdir(), env={**__import__("os").environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    proc = subprocess.run(command(*args, module=module), capture_output=True, text=True, timeout=600,
+                          cwd=tempfile.gettempdir(), env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
 
 
-def test_sweep_resumes_skips_and_reports(tmp_path):
+def test_sweep_killed_resumes_then_skips_and_reports(tmp_path):
     pytest.importorskip("ray")
     sweep = tmp_path / "sweep"
-    # Seed 1 was interrupted mid-run by an earlier sweep: a checkpoint, no scores.json (what a run
-    # leaves when it is stopped or gets SIGTERM, tests/test_train_cli.py).
-    run("--preset", "quick", "--game", "catch", "--seed", "1", "--out", str(sweep / "catch" / "seed1"),
-        "--no-progress", "--stop-after", "50", *TINY, module="twm_fast.train")
-    assert run_state(sweep / "catch" / "seed1") == "resumable"
+    args = ["--games", "catch", "--seeds", "2", "--preset", "quick", "--out", str(sweep), *RAY, *TINY]
+    runs = [sweep / "catch" / f"seed{seed}" for seed in (0, 1)]
 
-    started = time.monotonic()
-    first = run("--games", "catch", "--seeds", "2", "--preset", "quick", "--out", str(sweep), *RAY, *TINY)
-    first_s = time.monotonic() - started
-    assert "2 runs (1 games x 2 seeds), 0 finished (skipped), 2 to run" in first.stderr
-    assert "summary: 2 done, 0 failed, 0 stopped, 0 skipped" in first.stderr, first.stderr
-    for seed in (0, 1):
-        scores = json.loads((sweep / "catch" / f"seed{seed}" / "scores.json").read_text())
-        assert scores["seed"] == seed and scores["env_steps"] == 80 and scores["train_steps"] == 10
-    assert "resuming at main, env step 50" in (sweep / "catch" / "seed1.log").read_text()
-    assert "--resume" not in (sweep / "catch" / "seed0.log").read_text()
+    # 1. Killed mid-sweep (SIGTERM, as a scheduler would) once both runs have a checkpoint.
+    first = subprocess.Popen(command(*args), cwd=tempfile.gettempdir(), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not all(run_state(r) == "resumable" for r in runs):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 130 and "0 done, 0 failed, 2 stopped, 0 skipped" in stderr, stderr
+    assert all(run_state(r) == "resumable" for r in runs)
+    assert all("interrupted: saved" in r.with_suffix(".log").read_text() for r in runs)
+
+    # 2. The same command continues both runs from their checkpoints.
+    second = run(*args)
+    assert "2 runs (1 games x 2 seeds), 0 finished (skipped), 2 to run" in second.stderr
+    assert "summary: 2 done, 0 failed, 0 stopped, 0 skipped" in second.stderr, second.stderr
+    for seed, r in enumerate(runs):
+        scores = json.loads((r / "scores.json").read_text())
+        assert scores["seed"] == seed and scores["env_steps"] == 200 and scores["train_steps"] == 10
+        assert "resuming at" in r.with_suffix(".log").read_text()
     manifest = json.loads((sweep / "sweep.json").read_text())
     assert manifest["games"] == ["catch"] and manifest["seeds"] == [0, 1] and manifest["overrides"] == TINY
 
-    second = run("--games", "catch", "--seeds", "2", "--preset", "quick", "--out", str(sweep), *RAY, *TINY)
-    assert "2 finished (skipped), 0 to run" in second.stderr and "0 done, 0 failed, 0 stopped, 2 skipped" in second.stderr
+    # 3. A third call has nothing left to do (and starts no Ray).
+    third = run(*args)
+    assert "2 finished (skipped), 0 to run" in third.stderr and "0 done, 0 failed, 0 stopped, 2 skipped" in third.stderr
 
     report = run(str(sweep), "--out", str(tmp_path / "report"), "--reps", "100", module="twm_fast.report")
     assert "| catch | 2 | " in report.stdout and "Missing" not in report.stdout
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "learning_curves.png").is_file()
-    print(f"first sweep call {first_s:.0f} s")
+
+
+def test_sweep_starts_anew_a_run_killed_before_its_first_checkpoint(tmp_path):
+    run_dir = tmp_path / "sweep" / "catch" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    spec = RunSpec("catch", 0, str(run_dir))
+    command = train_command(spec, "quick", TINY)
+    assert "--out" in command and "--resume" not in command
+    assert not run_dir.exists() and list(run_dir.parent.glob("seed0.incomplete-*/config.json")), "kept aside"
 
 
 def test_sweep_refuses_other_settings_for_the_same_directory(tmp_path):

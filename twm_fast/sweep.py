@@ -89,10 +89,15 @@ def run_training(spec: RunSpec, preset: str, overrides: list[str]) -> dict:
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
-            code = proc.wait()
+            # Polled, not proc.wait(): ray.cancel raises KeyboardInterrupt only between Python
+            # bytecodes, which a blocking wait never reaches.
+            while proc.poll() is None:
+                time.sleep(0.5)
         except KeyboardInterrupt:   # ray.cancel: the run saves a checkpoint (train's SIGTERM) and stops
             proc.terminate()
-            code = proc.wait()
+            proc.wait()
+            raise
+        code = proc.returncode
     status = "done" if code == 0 and run_state(Path(spec.run_dir)) == "done" else "failed"
     return {"name": spec.name, "status": status, "returncode": code,
             "log_tail": "" if status == "done" else tail(spec.log, LOG_TAIL_LINES)}
@@ -126,7 +131,8 @@ def progress_line(spec: RunSpec, env_steps_total: int, started: float) -> str:
     """One run: phase, env steps, latest evaluation and an ETA from the env steps done since `started`."""
     run_dir = Path(spec.run_dir)
     records = _last_records(run_dir / "metrics.jsonl")
-    phase = next((r["phase"] for r in reversed(records) if "phase" in r), "starting")
+    # Prefill writes no phase records, only episode returns.
+    phase = next((r["phase"] for r in reversed(records) if "phase" in r), "prefill" if records else "starting")
     steps = max((r.get("env_steps", 0) for r in records), default=0)
     evals = _last_records(run_dir / "eval.jsonl")
     latest = f"eval {evals[-1]['mean']:.2f}" if evals and "mean" in evals[-1] else "eval -"
