@@ -1,17 +1,23 @@
 """`python -m twm_fast.evaluate` refuses bad input with one line and exit 2, before playing an episode."""
-import subprocess
-import sys
-import tempfile
-
 import pytest
 import torch
 
 from twm_fast.checkpoint import FORMAT_VERSION
+from twm_fast.evaluate import main
 
 
-def evaluate(*args):
-    return subprocess.run([sys.executable, "-m", "twm_fast.evaluate", *args], capture_output=True, text=True,
-                          timeout=300, cwd=tempfile.gettempdir())
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def evaluate(capsys):
+    """main() in this process (the real command line's code; a subprocess would only add torch's import)."""
+    def call(*args):
+        code = main(list(args))
+        return Result(code, capsys.readouterr().err)
+    return call
 
 
 @pytest.mark.parametrize("make, message", [
@@ -22,14 +28,14 @@ def evaluate(*args):
     (lambda p: torch.save({"format": FORMAT_VERSION, "config": {"gaem": "catch"}, "num_actions": 3, "agent": {}}, p),
      "does not hold a complete agent"),
 ])
-def test_bad_checkpoints(tmp_path, make, message):
+def test_bad_checkpoints(tmp_path, evaluate, make, message):
     make(tmp_path / "ckpt.pt")
     proc = evaluate(str(tmp_path / "ckpt.pt"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
-def test_unwritable_out_is_refused_first(tmp_path):
+def test_unwritable_out_is_refused_first(tmp_path, evaluate):
     (tmp_path / "file").write_text("")
     # The checkpoint is missing too: the --out error comes first, before anything is loaded or played.
     proc = evaluate(str(tmp_path / "missing.pt"), "--out", str(tmp_path / "file" / "eval.json"))
