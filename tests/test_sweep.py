@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from twm_fast.sweep import RunSpec, parse_games, parse_seeds, run_state, train_command
+from twm_fast.sweep import RunSpec, parse_games, parse_seeds, progress_line, run_state, train_command
 
 # Catch shrunk to seconds per run: 40 prefill steps, 160 collected, 10 training steps, 1-episode evaluations.
 TINY = ["env_steps=200", "prefill_steps=40", "pretrain_budget=1000", "total_budget=3880", "imagine_batch_size=16",
@@ -106,3 +106,20 @@ def test_game_and_seed_lists():
     assert len(parse_games("atari26")) == 26
     assert parse_games("pong,ms_pacman,Pong") == ["Pong", "MsPacman"]
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4") == [0, 4]
+
+
+def test_progress_line_shows_phase_steps_eval_and_eta(tmp_path):
+    run_dir = tmp_path / "catch" / "seed0"
+    run_dir.mkdir(parents=True)
+    spec = RunSpec("catch", 0, str(run_dir))
+    first_seen = {}
+    assert "starting" in progress_line(spec, 1000, first_seen)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"env_steps": 120, "time": 1.0}) + "\n")
+    assert "prefill" in progress_line(spec, 1000, first_seen) and "120/1,000" in progress_line(spec, 1000, first_seen)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"env_steps": 200, "time": 2.0, "phase": "main"}) + "\n")
+    (run_dir / "eval.jsonl").write_text(json.dumps({"env_steps": 200, "mean": 1.5}) + "\n")
+    line = progress_line(spec, 1000, first_seen)
+    assert "main" in line and "eval 1.50" in line and "ETA -" in line
+    first_seen["catch/seed0"] = (time.time() - 10.0, 100)     # 100 steps in 10 s: 800 left take 80 s
+    assert "ETA 0:01:20" in progress_line(spec, 1000, first_seen)

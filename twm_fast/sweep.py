@@ -127,8 +127,9 @@ def _last_records(path: Path, size: int = 8192) -> list[dict]:
     return [r for r in records if isinstance(r, dict)]
 
 
-def progress_line(spec: RunSpec, env_steps_total: int, started: float) -> str:
-    """One run: phase, env steps, latest evaluation and an ETA from the env steps done since `started`."""
+def progress_line(spec: RunSpec, env_steps_total: int, first_seen: dict[str, tuple[float, int]]) -> str:
+    """One run: phase, env steps, latest evaluation, and an ETA from the rate of env steps since this
+    sweep first saw the run's main loop (first_seen: run name -> (time, env steps), updated here)."""
     run_dir = Path(spec.run_dir)
     records = _last_records(run_dir / "metrics.jsonl")
     # Prefill writes no phase records, only episode returns.
@@ -136,27 +137,13 @@ def progress_line(spec: RunSpec, env_steps_total: int, started: float) -> str:
     steps = max((r.get("env_steps", 0) for r in records), default=0)
     evals = _last_records(run_dir / "eval.jsonl")
     latest = f"eval {evals[-1]['mean']:.2f}" if evals and "mean" in evals[-1] else "eval -"
-    first = next((r for r in _first_records(run_dir / "metrics.jsonl") if r.get("time", 0) >= started), None)
     eta = "ETA -"
-    if records and first is not None and steps > first.get("env_steps", 0) and phase == "main":
-        rate = (steps - first["env_steps"]) / max(records[-1]["time"] - first["time"], 1e-6)
-        eta = f"ETA {_duration((env_steps_total - steps) / rate)}"
+    if phase == "main":
+        now = time.time()
+        since, steps_then = first_seen.setdefault(spec.name, (now, steps))
+        if steps > steps_then:
+            eta = f"ETA {_duration((env_steps_total - steps) * (now - since) / (steps - steps_then))}"
     return f"  {spec.name:<24} {phase:<14} env steps {steps:>7,}/{env_steps_total:,}  {latest:<12} {eta}"
-
-
-def _first_records(path: Path, size: int = 65536) -> list[dict]:
-    try:
-        with open(path) as f:
-            lines = f.read(size).splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in out if isinstance(r, dict)]
 
 
 def _duration(seconds: float) -> str:
@@ -299,6 +286,7 @@ def _run_on_ray(args, todo: list[RunSpec], env_steps: int) -> list[dict]:
 
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     last_status = 0.0
+    first_seen: dict[str, tuple[float, int]] = {}
     try:
         while pending and not stop["now"]:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -315,7 +303,7 @@ def _run_on_ray(args, todo: list[RunSpec], env_steps: int) -> list[dict]:
                 last_status = time.time()
                 print(f"[{_duration(time.time() - started)}] {len(pending)} running or queued:", file=sys.stderr)
                 for spec in pending.values():
-                    print(progress_line(spec, env_steps, started), file=sys.stderr)
+                    print(progress_line(spec, env_steps, first_seen), file=sys.stderr)
         if stop["now"]:
             print("\nstopping: every run saves a checkpoint; the same command continues the sweep",
                   file=sys.stderr)
