@@ -8,9 +8,12 @@ from twm_fast.envs.scores import (
     HUMAN_SCORES,
     PAPER_AGGREGATES,
     PAPER_SCORES,
+    PUBLISHED_RUN_SCORES,
     RANDOM_SCORES,
     aggregate_scores,
     human_normalized_score,
+    performance_profile,
+    probability_of_improvement,
 )
 
 # 3 runs x 4 games, small enough to aggregate by hand (see test_aggregates_by_hand).
@@ -97,12 +100,6 @@ def test_aggregates_are_seeded_and_accept_one_run():
 
 
 # ---- TWM's published per-run scores, unequal run counts, rliable ---------------------------------
-
-from twm_fast.envs.scores import (  # noqa: E402
-    PUBLISHED_RUN_SCORES,
-    performance_profile,
-    probability_of_improvement,
-)
 
 
 def published_hns():

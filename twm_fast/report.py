@@ -27,10 +27,10 @@ import numpy as np
 from twm_fast.envs import canonical_game
 from twm_fast.envs.scores import (
     AGGREGATE_NAMES,
-    RANDOM_SCORES,
     PAPER_AGGREGATES,
     PAPER_SCORES,
     PUBLISHED_RUN_SCORES,
+    RANDOM_SCORES,
     AggregateScore,
     aggregate_scores,
     human_normalized_score,

@@ -14,7 +14,6 @@ then saves a checkpoint, as `twm_fast.train` does on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -58,12 +57,15 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def _die_with_parent() -> None:
-    """In the train subprocess: get SIGTERM (which checkpoints) if the Ray worker dies (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# Put in front of each train command: on Linux the run then gets SIGTERM (and so checkpoints) if its
+# Ray worker dies, and becomes the train command (exec), so no process sits between the two.
+# (subprocess's preexec_fn would do this in the forked child, which is unsafe in Ray's threaded workers.)
+_LAUNCHER = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+os.execv(sys.argv[1], sys.argv[1:])"""
 
 
 def train_command(spec: RunSpec, preset: str, overrides: list[str]) -> list[str]:
@@ -87,7 +89,7 @@ def run_training(spec: RunSpec, preset: str, overrides: list[str]) -> dict:
     with open(spec.log, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *command], stdout=log, stderr=subprocess.STDOUT)
         try:
             # Polled, not proc.wait(): ray.cancel raises KeyboardInterrupt only between Python
             # bytecodes, which a blocking wait never reaches.
@@ -294,7 +296,7 @@ def _run_on_ray(args, todo: list[RunSpec], env_steps: int) -> list[dict]:
                 spec = pending.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as exc:  # a worker that died or could not start: report it, go on
+                except ray.exceptions.RayError as exc:  # a worker that died or could not start: go on
                     result = {"name": spec.name, "status": "failed", "returncode": None,
                               "log_tail": f"{type(exc).__name__}: {exc}"}
                 results.append(result)
