@@ -20,6 +20,8 @@ IMAGINE_DTYPES = ("float32", "bfloat16")
 WORLD_MODEL_DTYPES = ("float32", "bfloat16")
 # The precision of fp32 products (config.matmul_precision; twm_fast/precision.py applies it).
 MATMUL_PRECISIONS = ("auto", "high", "highest")
+# Where evaluation episodes are played (config.eval_env_backend; twm_fast.envs.vector).
+EVAL_ENV_BACKENDS = ("auto", "vector", "single")
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Config:
     eval_every: int = 5_000             # env steps between evaluations
     eval_episodes: int = 10             # episodes per periodic evaluation
     final_eval_episodes: int = 100      # episodes of the final evaluation
+    eval_envs: int = 16                 # evaluation envs stepped at once, each playing its share of episodes
+    eval_env_backend: str = "auto"      # "vector" (ale-py's AtariVectorEnv), "single", "auto" (vector for Atari)
     checkpoint_every: int = 5_000       # env steps between checkpoints (the last one is kept)
 
     # ---- Observation model (SPEC 2) -----------------------------------------------------------
@@ -155,6 +159,9 @@ class Config:
              f"world_model_dtype={self.world_model_dtype!r} must be one of {', '.join(WORLD_MODEL_DTYPES)}")
         need(self.matmul_precision in MATMUL_PRECISIONS,
              f"matmul_precision={self.matmul_precision!r} must be one of {', '.join(MATMUL_PRECISIONS)}")
+        need(self.eval_envs >= 1, f"eval_envs={self.eval_envs} must be at least 1")
+        need(self.eval_env_backend in EVAL_ENV_BACKENDS,
+             f"eval_env_backend={self.eval_env_backend!r} must be one of {', '.join(EVAL_ENV_BACKENDS)}")
         need(self.imagine_dtype in IMAGINE_DTYPES,
              f"imagine_dtype={self.imagine_dtype!r} must be one of {', '.join(IMAGINE_DTYPES)}")
         return self

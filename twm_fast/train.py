@@ -24,6 +24,7 @@ from twm_fast import ops
 from twm_fast.agent.agent import Agent
 from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from twm_fast.config import PRESETS, Config, make_config
+from twm_fast.devices import resolve_device
 from twm_fast.envs import canonical_game, make_env
 from twm_fast.envs.atari import import_gymnasium
 from twm_fast.estimate import Machine, describe_hours, phase_seconds, run_hours
@@ -44,26 +45,6 @@ CPU_REFUSE_HOURS = 12.0
 # All cores' threads are used by default only where they run matmuls at least this much faster than
 # one thread (two free cores: about 1.9x; two busy ones: below 1x).
 MULTITHREAD_GAIN = 1.3
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; validates explicit names with a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"bad device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu "
-                             "(and --preset quick) or run on a machine with a GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
-                             "CUDA device(s)")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def choose_threads(requested: int, device: torch.device) -> tuple[int, str]:
