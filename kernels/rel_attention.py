@@ -114,10 +114,10 @@ def _mm_tn(a, b, IEEE: tl.constexpr):
 
 @triton.jit
 def _attention_probs(
-    q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr, offs_t, offs_s, offs_r, t_ok, s_ok,
+    q, u, w, k, rel_ptr, stride_rr, offs_d, d_ok, dist_ptr, allowed_ptr, pos_ptr, offs_t, offs_s, t_ok, s_ok,
     b, R, scale,
     stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
-    BLOCK_R: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_R: tl.constexpr, R_CHUNK: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Softmax of the masked relative-position scores of one block of queries: (BLOCK_T, BLOCK_S).
 
@@ -127,10 +127,16 @@ def _attention_probs(
     """
     query_content = q + u[None, :]  # (BLOCK_T, BLOCK_D)
     content = _mm_nt(query_content.to(k.dtype), k, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_S)
-    # P[i, r] = (q_i + v) . rel_pos[r]: every distance at once, then one gathered read per key.
-    by_distance = _mm_nt((q + w[None, :]).to(k.dtype), rel, USE_DOT, IEEE)  # (BLOCK_T, BLOCK_R)
+    # P[i, r] = (q_i + v) . rel_pos[r]: every distance, R_CHUNK rows of rel_pos at a time (the whole
+    # table at once where the products run on tensor cores; CUDA-core products hold their operands in
+    # registers and spill with all 64), then one gathered read per key.
     pos_rows = pos_ptr + offs_t[:, None] * BLOCK_R
-    tl.store(pos_rows + offs_r[None, :], by_distance)
+    query_position = (q + w[None, :]).to(k.dtype)
+    for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):
+        offs_r = r0 + tl.arange(0, R_CHUNK)
+        rel = tl.load(rel_ptr + offs_r[:, None] * stride_rr + offs_d[None, :],
+                      mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)  # (R_CHUNK, BLOCK_D)
+        tl.store(pos_rows + offs_r[None, :], _mm_nt(query_position, rel, USE_DOT, IEEE))  # (BLOCK_T, R_CHUNK)
     # Make the scratch row written by every thread of the program visible to the others.
     tl.debug_barrier()
     ts_ok = t_ok[:, None] & s_ok[None, :]
@@ -176,15 +182,14 @@ def _rel_attention_fwd_kernel(
     stride_knb, stride_knt, stride_knh,
     stride_vnb, stride_vnt, stride_vnh,
     D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
-    N_NEW: tl.constexpr, SAVE_LSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, R_CHUNK: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
+    DROPOUT: tl.constexpr, N_NEW: tl.constexpr, SAVE_LSE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_s = tl.arange(0, BLOCK_S)
-    offs_r = tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     t_ok = offs_t < T
     s_ok = offs_s < S
@@ -198,8 +203,6 @@ def _rel_attention_fwd_kernel(
                 mask=s_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_D)
     v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
                 mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    rel = tl.load(rel_ptr + h * stride_rh + offs_r[:, None] * stride_rr + offs_d[None, :],
-                  mask=(offs_r < R)[:, None] & d_ok[None, :], other=0.0).to(k.dtype)  # (BLOCK_R, BLOCK_D)
     if N_NEW > 0:
         # A cached step: the new tokens' keys and values replace their slots of the tile just read
         # (so no program depends on another's write), and the first query block writes them to
@@ -216,10 +219,10 @@ def _rel_attention_fwd_kernel(
             tl.store(v_ptr + b * stride_vb + h * stride_vh + slot * stride_vs + offs_d, v_row, mask=write)
 
     probs, lse = _attention_probs(
-        q, u, w, k, rel, dist_ptr, allowed_ptr, pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R,
-        offs_t, offs_s, offs_r, t_ok, s_ok, b, R, scale,
+        q, u, w, k, rel_ptr + h * stride_rh, stride_rr, offs_d, d_ok, dist_ptr, allowed_ptr,
+        pos_ptr + pid_bh.to(tl.int64) * T_PAD * BLOCK_R, offs_t, offs_s, t_ok, s_ok, b, R, scale,
         stride_db, stride_dt, stride_ds, stride_ab, stride_at, stride_as,
-        BLOCK_R, USE_DOT, IEEE)
+        BLOCK_R, R_CHUNK, USE_DOT, IEEE)
     if SAVE_LSE:
         tl.store(lse_ptr + pid_bh.to(tl.int64) * T_PAD + offs_t, lse)
     if DROPOUT:
@@ -456,7 +459,7 @@ def rel_attention_fwd(q, k, v, rel_pos, u_bias, v_bias, dist, allowed, scale, dr
         k_new.stride(0), k_new.stride(1), k_new.stride(2),
         v_new.stride(0), v_new.stride(1), v_new.stride(2),
         D=D, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_D=block_d,
-        USE_DOT=use_dot, IEEE=ieee, DROPOUT=dropout_p > 0,
+        R_CHUNK=block_r if use_dot and not ieee else MIN_DOT_SIZE, USE_DOT=use_dot, IEEE=ieee, DROPOUT=dropout_p > 0,
         N_NEW=0 if new_kv is None else k_new.shape[1], SAVE_LSE=save,
         num_warps=num_warps,
     )
