@@ -114,7 +114,7 @@ def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, see
     from twm_fast.envs import make_env
     from twm_fast.replay import make_replay
 
-    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps)
+    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps - 1)  # a valid run's config
     env = make_env("catch", seed=seed, train=True, config=config)
     replay = make_replay(config.replay_backend, capacity=steps, temperature=config.replay_temperature, seed=seed)
     obs, _ = env.reset(seed=seed)

@@ -153,7 +153,9 @@ class Trainer:
                          "episodes": 0, "last_eval": -1, "evals": [], "episode_return": 0.0}
         if resume is None:
             self.replay = make_replay(config.replay_backend, capacity=config.replay_capacity,
-                                      temperature=config.replay_temperature, seed=config.seed)
+                                      frame_shape=(config.frame_size, config.frame_size),
+                                      frame_stack=config.frame_stack, temperature=config.replay_temperature,
+                                      seed=config.seed)
             self.obs, _ = self.env.reset(seed=config.seed)
             self.replay.add_first(self.obs)
         else:
