@@ -8,6 +8,7 @@ periodic evaluation and checkpoints. Every phase can be resumed from its last ch
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from twm_fast.agent import pretraining
 from twm_fast.agent.agent import Agent
 from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from twm_fast.config import PRESETS, Config, make_config
@@ -119,7 +121,7 @@ def estimate_hours(config: Config, device: torch.device) -> float:
     frames = config.wm_batch_size * (config.wm_sequence_length + 2)
     wm_flops = 3 * 2 * 0.1e9 * width * frames
     imag_flops = 2 * 28e6 * (config.dyn_embed_dim / 256) ** 2 * config.imagine_batch_size * config.imagine_horizon
-    pre = config.pretrain_updates()
+    pre = {phase: p.updates for phase, p in pretraining.plan(config).items()}
     seconds = (config.num_train_steps * (wm_flops + imag_flops) + (pre["obs"] + pre["dyn"]) * wm_flops) / flops_per_s
     return seconds / 3600
 
@@ -247,20 +249,21 @@ class Trainer:
                 "terminated": torch.as_tensor(w["terminated"][0, 1:], device=self.device),
                 "truncated": torch.as_tensor(w["truncated"][0, 1:], device=self.device)}
 
+    def _pretrain(self, phase: str, desc: str, update) -> None:
+        """One pretraining phase: update(indices) for each batch of its schedule
+        (twm_fast.agent.pretraining); a resumed phase goes on with the batch it stopped at."""
+        num_steps = self.replay.num_steps
+        total = pretraining.phase_plan(self.config, phase, num_steps).updates
+        bar = self._bar(total, desc, self.counters["phase_updates"], "update")
+        schedule = pretraining.batches(self.config, phase, num_steps)
+        for indices, _ in itertools.islice(schedule, self.counters["phase_updates"], None):
+            self._count_update(update(torch.as_tensor(indices, device=self.device)), bar)
+        bar.close()
+
     def pretrain_obs(self) -> None:
         """Observation model on random batches of single frame stacks (0.6 x 5e7 frames)."""
-        c = self.config
-        total = c.pretrain_updates()["obs"]
         data = self._prefill_data()["obs"]
-        bar = self._bar(total, "pretrain obs model", self.counters["phase_updates"], "update")
-        order = torch.empty(0, dtype=torch.long)
-        while self.counters["phase_updates"] < total:
-            if len(order) < c.pretrain_obs_batch_size:
-                order = torch.randperm(len(data))
-            idx, order = order[:c.pretrain_obs_batch_size], order[c.pretrain_obs_batch_size:]
-            metrics = self.agent.pretrain_obs_model(data[idx.to(self.device)])
-            self._count_update(metrics, bar)
-        bar.close()
+        self._pretrain("obs", "pretrain obs model", lambda indices: self.agent.pretrain_obs_model(data[indices]))
 
     @torch.no_grad()
     def _frozen_encodings(self, obs: torch.Tensor) -> torch.Tensor:
@@ -268,58 +271,40 @@ class Trainer:
         om = self.agent.obs_model.eval()
         return torch.cat([om.encode(chunk) for chunk in obs.split(512)])
 
-    def _uniform_windows(self, length: int, batch: int):
-        """Uniform windows for pretraining (the replay's uniform_starts: stride `length` from a random
-        offset, shuffled), in batches of (B, length + 1) step indices [context, window]."""
-        starts = torch.as_tensor(self.replay.uniform_starts(length))
-        for chunk in starts.split(batch):
-            yield chunk[:, None] + torch.arange(-1, length)[None]
-
     def pretrain_dyn(self) -> None:
         """Dynamics model on frozen encodings of uniform windows (0.3 x 5e7 samples)."""
-        c = self.config
-        total = c.pretrain_updates()["dyn"]
         data = self._prefill_data()
         logits = self._frozen_encodings(data["obs"])                                 # (n+1, 32, 32)
         om = self.agent.obs_model
-        bar = self._bar(total, "pretrain dynamics", self.counters["phase_updates"], "update")
-        L = c.wm_sequence_length
-        while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(L, c.wm_batch_size):
-                steps = steps.to(self.device)
-                context = steps.clamp_min(0)                                           # step 0 repeats for s = 0
-                z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
-                pad = steps < 0
-                actions = data["actions"][context].masked_fill(pad, 0)
-                rewards = data["rewards"][context].masked_fill(pad, 0.0)
-                metrics = self.agent.pretrain_dynamics(
-                    z, actions, rewards, data["terminated"][context], data["truncated"][context],
-                    logits[steps[:, 1:] + 1])
-                self._count_update(metrics, bar)
-                if self.counters["phase_updates"] >= total:
-                    break
-        bar.close()
+        offsets = torch.arange(-1, self.config.wm_sequence_length, device=self.device)  # context, window
+
+        def update(starts: torch.Tensor) -> dict:
+            steps = starts[:, None] + offsets                                          # (N, L+1)
+            context = steps.clamp_min(0)                                               # step 0 repeats for s = 0
+            z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
+            pad = steps < 0
+            actions = data["actions"][context].masked_fill(pad, 0)
+            rewards = data["rewards"][context].masked_fill(pad, 0.0)
+            return self.agent.pretrain_dynamics(z, actions, rewards, data["terminated"][context],
+                                                data["truncated"][context], logits[steps[:, 1:] + 1])
+
+        self._pretrain("dyn", "pretrain dynamics", update)
 
     def pretrain_ac(self) -> None:
         """Actor-critic on real data: critic regression and actor entropy (pretrain_ac_fraction x 5e7)."""
-        c = self.config
-        total = c.pretrain_updates()["ac"]
         data = self._prefill_data()
         logits = self._frozen_encodings(data["obs"])
         om = self.agent.obs_model
-        H = c.imagine_horizon
-        bar = self._bar(total, "pretrain actor-critic", self.counters["phase_updates"], "update")
-        while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(H, c.imagine_batch_size):
-                steps = steps[:, 1:].to(self.device)                                   # (N, H) steps s..s+H-1
-                obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)               # (N, H+1)
-                z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
-                metrics = self.agent.pretrain_actor_critic(
-                    z, data["rewards"][steps], data["terminated"][steps], data["truncated"][steps])
-                self._count_update(metrics, bar)
-                if self.counters["phase_updates"] >= total:
-                    break
-        bar.close()
+        offsets = torch.arange(self.config.imagine_horizon, device=self.device)
+
+        def update(starts: torch.Tensor) -> dict:
+            steps = starts[:, None] + offsets                                          # (N, H) steps s..s+H-1
+            obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)                   # (N, H+1)
+            z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
+            return self.agent.pretrain_actor_critic(z, data["rewards"][steps], data["terminated"][steps],
+                                                    data["truncated"][steps])
+
+        self._pretrain("ac", "pretrain actor-critic", update)
 
     def _count_update(self, metrics: dict, bar) -> None:
         self.counters["phase_updates"] += 1
