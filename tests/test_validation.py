@@ -83,6 +83,21 @@ def test_bad_values_are_refused_in_one_line(override, message):
     assert message in text and "\n" not in text, text
 
 
+def test_a_pretraining_budget_beyond_a_million_updates_is_refused():
+    """A budget the field rules accept may still ask for more pretraining updates than a start can lay
+    out (twm_fast/agent/pretraining.py enumerates them); the estimate the rule uses is the schedule's."""
+    from twm_fast.agent import pretraining
+
+    for preset in ("paper", "quick"):
+        config = make_config(preset)
+        exact = {phase: p.updates for phase, p in pretraining.plan(config).items()}
+        for phase, estimate in config._pretrain_updates_estimate().items():
+            assert abs(estimate - exact[phase]) <= 0.01 * exact[phase] + 2, (preset, phase, estimate, exact)
+    with pytest.raises(ConfigError, match=r"pretraining phase obs would take about 24,000,000 updates, more than "
+                                          r"1,000,000 .*raise pretrain_obs_batch_size"):
+        make_config("quick", ["pretrain_budget=1e10", "total_budget=1e13"])
+
+
 def test_odd_width_is_refused():
     with pytest.raises(ConfigError, match=r"dyn_embed_dim=65 must be even"):
         make_config("quick", ["dyn_embed_dim=65", "dyn_num_heads=1", "dyn_head_dim=65"])

@@ -67,6 +67,9 @@ DEVICE = Pattern(r"auto|cpu|cuda(:[0-9]{1,3})?", "auto, cpu, cuda or cuda:N")
 # The published code spends 0.6 + 0.3 + 0.7 = 1.6 x pretrain_budget over the three phases (the
 # actor-critic's 0.7 being its (1 - 0.6 + 0.3)): the phases' fractions may not add up to more.
 PUBLISHED_PRETRAIN_FRACTIONS = 0.6 + 0.3 + 0.7
+# Updates a pretraining phase may take (the paper preset's: 24,000, 12,039 and 7,022): beyond it a run's start
+# would spend minutes laying out the schedule (twm_fast/agent/pretraining.py) and the run months.
+MAX_PRETRAIN_UPDATES = 1_000_000
 
 
 @dataclass
@@ -247,7 +250,24 @@ class Config:
              f"dyn_embed_dim={self.dyn_embed_dim} must be even (sine and cosine position encodings)")
         need(self.total_budget > self.pretrain_budget,
              f"total_budget={self.total_budget:g} must exceed pretrain_budget={self.pretrain_budget:g}")
+        batch_fields = {"obs": "pretrain_obs_batch_size", "dyn": "wm_batch_size", "ac": "imagine_batch_size"}
+        for phase, updates in self._pretrain_updates_estimate().items():
+            need(updates <= MAX_PRETRAIN_UPDATES,
+                 f"pretraining phase {phase} would take about {updates:,.0f} updates, more than "
+                 f"{MAX_PRETRAIN_UPDATES:,} (the paper preset's take at most 24,000): lower pretrain_budget or "
+                 f"pretrain_{phase}_fraction, or raise {batch_fields[phase]}")
         return self
+
+    def _pretrain_updates_estimate(self) -> dict[str, float]:
+        """About how many updates each pretraining phase runs: passes over the prefill data (its budget
+        over the samples of a pass) times the batches of a pass, the last one partial, as
+        twm_fast/agent/pretraining.py lays them out (whose exact schedule takes time in proportion)."""
+        n, L, H = self.prefill_steps, self.wm_sequence_length, self.imagine_horizon
+        phases = {"obs": (self.pretrain_obs_fraction, self.pretrain_obs_batch_size, 1, n),
+                  "dyn": (self.pretrain_dyn_fraction, self.wm_batch_size, L, max(1, (n - L) // L)),
+                  "ac": (self.pretrain_ac_fraction, self.imagine_batch_size, H, max(1, (n - H) // H))}
+        return {phase: self.pretrain_budget * fraction / (per_pass * length) * math.ceil(per_pass / batch)
+                for phase, (fraction, batch, length, per_pass) in phases.items()}
 
     # ---- Schedule arithmetic (SPEC 7) ------------------------------------------------------------
     @property
