@@ -602,7 +602,11 @@ class Report:
                         os.environ["TWM_FAST_BACKEND"] = previous
             return run
 
-        repeats, self.repeats = self.repeats, min(self.repeats, 20)  # a whole step is ~100 ms, not us
+        # A whole step is ~100 ms, not us: fewer repeats and warm-ups keep the report within one device call.
+        (repeats, warmup), (self.repeats, self.warmup) = (self.repeats, self.warmup), (min(self.repeats, 20),
+                                                                                      min(self.warmup, 3))
+        if not comparisons:  # M = 400: the world-model update does not depend on M
+            pieces.pop("world_model_update")
         try:
             for piece, fn in pieces.items():
                 self.add(f"train/{piece}", shape, self.numerics[0], with_backend("torch", False, fn),
@@ -645,7 +649,7 @@ class Report:
                              with_backend("auto", True, lambda g=graphed: g.update_world_model(batch)),
                              {"ok": True, "note": "timing only"}, graphs=False)
         finally:
-            self.repeats = repeats
+            self.repeats, self.warmup = repeats, warmup
 
     def profile(self):
         """Where one whole training step spends its time, fast path (graphs on, fp32): torch.profiler's

@@ -19,6 +19,21 @@ def test_world_model_update_shapes_and_detached_dynamics():
     assert any(not torch.equal(a, b) for a, b in zip(dyn_before, agent.dynamics.parameters()))
 
 
+def test_published_loss_leaves_the_latent_head_untouched():
+    """dyn_latent_loss=False as released: after world-model updates the latent head is still at its
+    initial weights (no gradient, so Adam's weight decay does not move it either); the paper's loss trains it."""
+    for latent_loss in (False, True):
+        config = tiny_config(dyn_latent_loss=latent_loss)
+        agent = Agent(config, 3)
+        before = [p.clone() for p in agent.dynamics.z_head.parameters()]
+        reward_before = [p.clone() for p in agent.dynamics.reward_head.parameters()]
+        for _ in range(2):
+            agent.update_world_model(random_batch(config))
+        moved = [not torch.equal(a, b) for a, b in zip(before, agent.dynamics.z_head.parameters())]
+        assert all(moved) if latent_loss else not any(moved)
+        assert any(not torch.equal(a, b) for a, b in zip(reward_before, agent.dynamics.reward_head.parameters()))
+
+
 def test_dynamics_loss_does_not_reach_obs_model():
     config = tiny_config()
     agent = Agent(config, 3)

@@ -140,17 +140,36 @@ def test_catch_training_episodes_until_game_over_cover_one_game():
     assert env.reset()[1]["lives"] == 5, "after game over reset() starts a new game"
 
 
-def test_catch_time_limit_truncates_and_restarts():
-    env = catch_env(seed=0, train=True, time_limit=5)   # shorter than a ball's fall: no miss before it
+@pytest.mark.parametrize("train, continue_after_truncation, continues", [
+    (True, True, True),       # the default: as the published training env, the game goes on
+    (True, False, False),     # continue_after_truncation=False: a truncated game is over
+    (False, True, False),     # the evaluation env (no episodic lives) always starts a new game
+])
+def test_catch_time_limit_truncates_then_continues_or_restarts(train, continue_after_truncation, continues):
+    env = catch_env(seed=0, train=train, time_limit=5, continue_after_truncation=continue_after_truncation)
+    # 5 steps are shorter than a ball's fall (7): no miss before the time limit.
     history = play(env, [1] * 100, until=lambda term, trunc, info: term or trunc)
     assert len(history) - 1 == 5
-    assert history[-1][3] and not any(step[3] for step in history[:-1])
-    assert history[-1][0][-1, 63, 0] == 255, "the paddle went to the left edge"
+    assert history[-1][3] and not history[-1][2] and not any(step[3] for step in history[:-1])
+    last = history[-1][0][-1]
+    assert last[63, 0] == 255, "the paddle went to the left edge"
+    ball_col = np.flatnonzero(last[40:48].any(axis=0))   # the ball fell 5 cells: row 5 is pixels 40..47
+    assert ball_col.size == 8
     obs, info = env.reset()
     assert_reset_stack(obs)
-    # A truncated game is over: a new game with the paddle centred and a new ball at the top.
-    assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(24, 40))
-    assert info["lives"] == 5 and obs[-1, :8].any()
+    assert info["lives"] == 5
+    if continues:
+        # The same game, one no-op step later: the paddle still at the edge, the ball one cell lower.
+        assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(0, 16))
+        assert np.flatnonzero(obs[-1, 48:56].any(axis=0)).tolist() == ball_col.tolist()
+        assert not obs[-1, :48].any()
+    else:
+        # A new game: the paddle centred and a new ball at the top.
+        assert np.flatnonzero(obs[-1, 63]).tolist() == list(range(24, 40))
+        assert obs[-1, :8].any()
+    # One more step lands the continued ball (a reward now), while a new game's ball is still falling.
+    _, reward, _, truncated, _ = env.step(0)
+    assert (reward != 0) == continues and not truncated, "the time limit counts again from the reset"
 
 
 def test_catch_reset_mid_episode_starts_a_new_game():

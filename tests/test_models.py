@@ -21,13 +21,46 @@ def test_paper_obs_model_shapes_and_layers():
     deconvs = [m for m in om.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [d.out_channels for d in deconvs] == [192, 96, 48, 4]
     assert [d.kernel_size[0] for d in deconvs] == [5, 5, 6, 6]
-    assert torch.all(deconvs[-1].bias == 0.5)
     obs = torch.randint(0, 256, (3, 4, 64, 64), dtype=torch.uint8)
     logits = om.encode(obs)
     assert logits.shape == (3, 32, 32)
     z = om.sample(logits)[0]
     assert z.shape == (3, 1024) and torch.all(z.view(3, 32, 32).sum(-1) == 1)
     assert om.decode(z).shape == (3, 4, 64, 64)
+
+
+def _uniform_bound(tensor):
+    """The bound b of U(-b, b) that tensor's values were drawn from, estimated from their std."""
+    return float(tensor.detach().std()) * math.sqrt(3)
+
+
+@pytest.mark.parametrize("decoder_init", ["pytorch", "kaiming"])
+def test_decoder_initialisation(decoder_init):
+    """SPEC 2: "pytorch" (the default, as published) leaves the four transposed convolutions at PyTorch's
+    default init, exactly what a freshly built nn.ConvTranspose2d gets: weights and biases U(-b, b),
+    b = 1 / sqrt(out_channels * k * k). "kaiming" draws the weights with the SiLU gain (sqrt(2), gain 1
+    for the last layer), about 2.4x larger, with zero biases and a last bias of 0.5."""
+    torch.manual_seed(0)
+    om = ObservationModel(make_config("paper", obs_decoder_init=decoder_init))
+    deconvs = [m for m in om.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(deconvs) == 4
+    for i, deconv in enumerate(deconvs):
+        fresh = torch.nn.ConvTranspose2d(deconv.in_channels, deconv.out_channels, deconv.kernel_size, stride=2)
+        fan_in = deconv.out_channels * deconv.kernel_size[0] * deconv.kernel_size[1]
+        default_bound = 1 / math.sqrt(fan_in)
+        assert _uniform_bound(fresh.weight) == pytest.approx(default_bound, rel=0.05)  # PyTorch's default
+        if decoder_init == "pytorch":
+            assert deconv.weight.abs().max() <= default_bound
+            assert _uniform_bound(deconv.weight) == pytest.approx(_uniform_bound(fresh.weight), rel=0.05)
+            assert deconv.bias.abs().max() <= default_bound and deconv.bias.std() > 0
+        else:
+            gain = 1.0 if i == 3 else math.sqrt(2)
+            bound = math.sqrt(3) * gain / math.sqrt(fan_in)
+            assert deconv.weight.abs().max() <= bound
+            assert _uniform_bound(deconv.weight) == pytest.approx(bound, rel=0.05)
+            assert torch.all(deconv.bias == (0.5 if i == 3 else 0.0))
+    # The last bias of 0.5 applies only with "kaiming": by default the output starts near 0, not mid-grey.
+    assert (deconvs[-1].bias.abs().max() < 0.1) == (decoder_init == "pytorch")
 
 
 def test_obs_losses_match_distributions():
@@ -154,6 +187,47 @@ def test_dynamics_heads_and_constants():
     assert [m.out_features for m in dyn.z_head if isinstance(m, torch.nn.Linear)] == [512] * 4 + [1024]
     assert [m.out_features for m in dyn.reward_head if isinstance(m, torch.nn.Linear)] == [256] * 4 + [1]
     assert dyn.layers[0].norm1.eps == 1e-5
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_transformer_layers_start_identical_or_independent(identical):
+    """SPEC 3: by default (as published) the layers are deep copies of one initialised layer: equal
+    weights, separate parameters. dyn_identical_layers=False initialises each layer on its own."""
+    dyn = DynamicsModel(tiny_config(dyn_num_layers=3, dyn_identical_layers=identical), num_actions=3)
+    first = dyn.layers[0].state_dict()
+    for layer in dyn.layers[1:]:
+        equal = [torch.equal(first[name], value) for name, value in layer.state_dict().items()]
+        if identical:
+            assert all(equal)
+        else:
+            # LayerNorms start at ones and zeros either way; every weight matrix differs.
+            assert not any(eq for (name, _), eq in zip(layer.state_dict().items(), equal) if "norm" not in name)
+    parameters = [p for layer in dyn.layers for p in layer.parameters()]
+    assert len({id(p) for p in parameters}) == len(parameters), "layers must not share parameters"
+
+
+@pytest.mark.parametrize("latent_loss", [True, False])
+def test_latent_term_present_or_absent_by_the_field(latent_loss):
+    """SPEC 3: the paper's latent cross-entropy (default), or the published loss without it
+    (dyn_latent_loss=False), where the latent head gets no gradient at all."""
+    config = tiny_config(dyn_latent_loss=latent_loss)
+    dyn = DynamicsModel(config, num_actions=3)
+    B, L = 3, 4
+    h = torch.randn(B, L, config.dyn_embed_dim)
+    preds = dyn.predict(h)
+    target_logits, weights = torch.randn(B, L, 4, 5), torch.ones(B, L)
+    rewards, discounts = torch.randn(B, L), torch.tensor([0.99, 0.0]).repeat(B, 2)
+    loss, metrics = dyn.loss(preds, target_logits, weights, rewards, discounts)
+    without_latent = 10 * metrics["dyn/reward_nll"] + 50 * metrics["dyn/discount_nll"]
+    torch.testing.assert_close(loss.detach(), without_latent + (metrics["dyn/z_ce"] if latent_loss else 0))
+    assert metrics["dyn/z_ce"] > 0  # reported either way
+    loss.backward()
+    z_head_grads = [p.grad for p in dyn.z_head.parameters()]
+    if latent_loss:
+        assert all(g is not None and g.abs().sum() > 0 for g in z_head_grads)
+    else:
+        assert all(g is None for g in z_head_grads)
+    assert all(p.grad is not None for p in dyn.reward_head.parameters())
 
 
 def test_dynamics_loss_weights_and_values():

@@ -20,7 +20,7 @@ def _restore_precision():
 def test_auto_is_tf32_on_a_gpu_and_ieee_elsewhere():
     assert resolve_matmul_precision("auto", torch.device("cuda", 0)) == "high"
     assert resolve_matmul_precision("auto", torch.device("cpu")) == "highest"
-    for name in ("high", "highest"):
+    for name in ("high", "highest", "published"):
         assert resolve_matmul_precision(name, torch.device("cpu")) == name
     with pytest.raises(ValueError, match="matmul_precision"):
         resolve_matmul_precision("medium", torch.device("cpu"))
@@ -33,12 +33,17 @@ def test_one_setting_reaches_cublas_cudnn_and_the_kernels():
     apply_matmul_precision("highest")
     assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
     assert ieee_fp32(torch.float32) and not ieee_fp32(torch.bfloat16)
+    # As the published code ran (PyTorch 1.12's defaults): IEEE matmuls and kernels, TF32 convolutions.
+    apply_matmul_precision("published")
+    assert torch.get_float32_matmul_precision() == "highest" and torch.backends.cudnn.allow_tf32
+    assert ieee_fp32(torch.float32)
     with pytest.raises(ValueError, match="resolve"):
         apply_matmul_precision("auto")
 
 
 def test_config_rejects_an_unknown_precision():
     assert make_config("quick").matmul_precision == "auto"
+    assert make_config("published").matmul_precision == "published"
     with pytest.raises(ValueError, match="matmul_precision"):
         make_config("quick", matmul_precision="tf32")
 

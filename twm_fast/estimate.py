@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from twm_fast.agent import pretraining
 from twm_fast.config import Config, make_config
 
 
@@ -169,7 +170,7 @@ def phase_seconds(c: Config, machine: Machine) -> dict[str, float]:
 
 def phase_units(c: Config) -> dict[str, int]:
     """Units of each phase: env steps, updates, env steps."""
-    pre = c.pretrain_updates()
+    pre = {phase: p.updates for phase, p in pretraining.plan(c).items()}
     return {"prefill": c.prefill_steps, "pretrain_obs": pre["obs"], "pretrain_dyn": pre["dyn"],
             "pretrain_ac": pre["ac"], "main": c.env_steps - c.prefill_steps}
 

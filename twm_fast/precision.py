@@ -4,10 +4,11 @@
   accumulation), in cuBLAS, cuDNN and the kernels alike. PERF.md: the 8 ms imagination and 3 ms
   actor-critic targets cannot be met in IEEE fp32 (about 710 and 197 GFLOP at ~60 TFLOP/s).
 - "highest": IEEE fp32 products everywhere, convolutions included.
+- "published": what the published code ran under (PyTorch 1.12's defaults): IEEE fp32 matmuls and
+  kernels, TF32 convolutions in cuDNN (``torch.backends.cudnn.allow_tf32``'s default).
 - "auto" (the default): "high" on a CUDA device, "highest" elsewhere (on a CPU "high" could let
   oneDNN use bf16 products, which the CPU results were not measured with).
 
-The published code ran under PyTorch 1.12's defaults: IEEE fp32 matmuls and TF32 convolutions.
 bf16 is a separate choice (config.imagine_dtype, config.world_model_dtype).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twm_fast.config import MATMUL_PRECISIONS
 
 
 def resolve_matmul_precision(name: str, device: torch.device) -> str:
-    """"auto" -> "high" on a CUDA device, "highest" elsewhere; "high" and "highest" as they are."""
+    """"auto" -> "high" on a CUDA device, "highest" elsewhere; the others as they are."""
     if name not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision={name!r} must be one of {', '.join(MATMUL_PRECISIONS)}")
     if name == "auto":
@@ -27,12 +28,13 @@ def resolve_matmul_precision(name: str, device: torch.device) -> str:
 
 
 def apply_matmul_precision(name: str) -> None:
-    """Set "high" or "highest" for cuBLAS matmuls, cuDNN convolutions and the Triton kernels (which read
-    torch's float32 matmul precision at each launch: twm_fast/kernels/runtime.py)."""
-    if name not in ("high", "highest"):
-        raise ValueError(f"apply_matmul_precision takes 'high' or 'highest' (resolve 'auto' first); got {name!r}")
-    torch.set_float32_matmul_precision(name)
-    torch.backends.cudnn.allow_tf32 = name == "high"
+    """Set "high", "highest" or "published" for cuBLAS matmuls, cuDNN convolutions and the Triton kernels
+    (which read torch's float32 matmul precision at each launch: twm_fast/kernels/runtime.py)."""
+    if name not in ("high", "highest", "published"):
+        raise ValueError(f"apply_matmul_precision takes 'high', 'highest' or 'published' (resolve 'auto' first); "
+                         f"got {name!r}")
+    torch.set_float32_matmul_precision("high" if name == "high" else "highest")
+    torch.backends.cudnn.allow_tf32 = name != "highest"
 
 
 def numerics_key(device_type: str = "cuda") -> tuple:

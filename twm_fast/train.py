@@ -8,6 +8,7 @@ periodic evaluation and checkpoints. Every phase can be resumed from its last ch
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from twm_fast import ops
+from twm_fast.agent import pretraining
 from twm_fast.agent.agent import Agent
 from twm_fast.checkpoint import (
     CHECKPOINTS_DIR,
@@ -192,7 +194,7 @@ class Trainer:
         """The display's phases: SPEC 7's schedule, then the final evaluation (timed once evaluations ran)."""
         c = self.config
         per_unit = phase_seconds(c, machine)
-        pre = c.pretrain_updates()
+        pre = {phase: p.updates for phase, p in pretraining.plan(c).items()}
         return [Phase("prefill", "prefill", c.prefill_steps, "env steps", per_unit["prefill"]),
                 Phase("pretrain_obs", "pretrain obs model", pre["obs"], "updates", per_unit["pretrain_obs"]),
                 Phase("pretrain_dyn", "pretrain dynamics", pre["dyn"], "updates", per_unit["pretrain_dyn"]),
@@ -333,18 +335,17 @@ class Trainer:
                 "terminated": torch.as_tensor(w["terminated"][0, 1:], device=self.device),
                 "truncated": torch.as_tensor(w["truncated"][0, 1:], device=self.device)}
 
+    def _pretrain(self, phase: str, update) -> None:
+        """One pretraining phase: update(indices) for each batch of its schedule
+        (twm_fast.agent.pretraining); a resumed phase goes on with the batch it stopped at."""
+        schedule = pretraining.batches(self.config, phase, self.replay.num_steps)
+        for indices, _ in itertools.islice(schedule, self.counters["phase_updates"], None):
+            self._count_update(update(torch.as_tensor(indices, device=self.device)))
+
     def pretrain_obs(self) -> None:
         """Observation model on random batches of single frame stacks (0.6 x 5e7 frames)."""
-        c = self.config
-        total = c.pretrain_updates()["obs"]
         data = self._prefill_data()["obs"]
-        order = torch.empty(0, dtype=torch.long)
-        while self.counters["phase_updates"] < total:
-            if len(order) < c.pretrain_obs_batch_size:
-                order = torch.randperm(len(data))
-            idx, order = order[:c.pretrain_obs_batch_size], order[c.pretrain_obs_batch_size:]
-            metrics = self.agent.pretrain_obs_model(data[idx.to(self.device)])
-            self._count_update(metrics)
+        self._pretrain("obs", lambda indices: self.agent.pretrain_obs_model(data[indices]))
 
     @torch.no_grad()
     def _frozen_encodings(self, obs: torch.Tensor) -> torch.Tensor:
@@ -352,54 +353,40 @@ class Trainer:
         om = self.agent.obs_model.eval()
         return torch.cat([om.encode(chunk) for chunk in obs.split(512)])
 
-    def _uniform_windows(self, length: int, batch: int):
-        """Uniform windows for pretraining (the replay's uniform_starts: stride `length` from a random
-        offset, shuffled), in batches of (B, length + 1) step indices [context, window]."""
-        starts = torch.as_tensor(self.replay.uniform_starts(length))
-        for chunk in starts.split(batch):
-            yield chunk[:, None] + torch.arange(-1, length)[None]
-
     def pretrain_dyn(self) -> None:
         """Dynamics model on frozen encodings of uniform windows (0.3 x 5e7 samples)."""
-        c = self.config
-        total = c.pretrain_updates()["dyn"]
         data = self._prefill_data()
         logits = self._frozen_encodings(data["obs"])                                 # (n+1, 32, 32)
         om = self.agent.obs_model
-        L = c.wm_sequence_length
-        while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(L, c.wm_batch_size):
-                steps = steps.to(self.device)
-                context = steps.clamp_min(0)                                           # step 0 repeats for s = 0
-                z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
-                pad = steps < 0
-                actions = data["actions"][context].masked_fill(pad, 0)
-                rewards = data["rewards"][context].masked_fill(pad, 0.0)
-                metrics = self.agent.pretrain_dynamics(
-                    z, actions, rewards, data["terminated"][context], data["truncated"][context],
-                    logits[steps[:, 1:] + 1])
-                self._count_update(metrics)
-                if self.counters["phase_updates"] >= total:
-                    break
+        offsets = torch.arange(-1, self.config.wm_sequence_length, device=self.device)  # context, window
+
+        def update(starts: torch.Tensor) -> dict:
+            steps = starts[:, None] + offsets                                          # (N, L+1)
+            context = steps.clamp_min(0)                                               # step 0 repeats for s = 0
+            z = om.sample(logits[context].flatten(0, 1), "sample")[0].view(*steps.shape, -1)
+            pad = steps < 0
+            actions = data["actions"][context].masked_fill(pad, 0)
+            rewards = data["rewards"][context].masked_fill(pad, 0.0)
+            return self.agent.pretrain_dynamics(z, actions, rewards, data["terminated"][context],
+                                                data["truncated"][context], logits[steps[:, 1:] + 1])
+
+        self._pretrain("dyn", update)
 
     def pretrain_ac(self) -> None:
         """Actor-critic on real data: critic regression and actor entropy (pretrain_ac_fraction x 5e7)."""
-        c = self.config
-        total = c.pretrain_updates()["ac"]
         data = self._prefill_data()
         logits = self._frozen_encodings(data["obs"])
         om = self.agent.obs_model
-        H = c.imagine_horizon
-        while self.counters["phase_updates"] < total:
-            for steps in self._uniform_windows(H, c.imagine_batch_size):
-                steps = steps[:, 1:].to(self.device)                                   # (N, H) steps s..s+H-1
-                obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)               # (N, H+1)
-                z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
-                metrics = self.agent.pretrain_actor_critic(
-                    z, data["rewards"][steps], data["terminated"][steps], data["truncated"][steps])
-                self._count_update(metrics)
-                if self.counters["phase_updates"] >= total:
-                    break
+        offsets = torch.arange(self.config.imagine_horizon, device=self.device)
+
+        def update(starts: torch.Tensor) -> dict:
+            steps = starts[:, None] + offsets                                          # (N, H) steps s..s+H-1
+            obs_index = torch.cat([steps, steps[:, -1:] + 1], dim=1)                   # (N, H+1)
+            z = om.sample(logits[obs_index].flatten(0, 1), "sample")[0].view(*obs_index.shape, -1)
+            return self.agent.pretrain_actor_critic(z, data["rewards"][steps], data["terminated"][steps],
+                                                    data["truncated"][steps])
+
+        self._pretrain("ac", update)
 
     def _count_update(self, metrics: dict) -> None:
         """After a pretraining update: count, log, guard, and honour a stop request (a step boundary)."""

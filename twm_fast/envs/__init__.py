@@ -50,23 +50,27 @@ class AgentEnv:
     episodic_lives: a lost life (with lives left) ends the episode (``terminated=True``), and the next
         ``reset()`` continues the game with one no-op step; every other ``reset()`` starts a new game.
     time_limit: ``truncated=True`` after this many steps since the last ``reset()`` (as the published
-        code's outermost TimeLimit counts). The next ``reset()`` starts a new game, where the
-        published code would go on with the old one: a truncated game is over.
+        code's outermost TimeLimit counts).
+    continue_after_truncation: with episodic lives, the ``reset()`` after a truncation also goes on
+        with the game, as the published training env does (its episodic-lives wrapper sits inside the
+        time limit, so its reset only takes a no-op step unless the game is over). Otherwise the next
+        ``reset()`` starts a new game.
     """
 
     def __init__(self, game: Game, *, seed: int | None, frame_stack: int, episodic_lives: bool,
-                 time_limit: int):
+                 time_limit: int, continue_after_truncation: bool = False):
         self.game = game
         self.action_space = game.action_space
         self.action_meanings = game.action_meanings
         self.num_actions = int(self.action_space.n)
         self._episodic_lives = episodic_lives
         self._time_limit = time_limit
+        self._continue_after_truncation = episodic_lives and continue_after_truncation
         self._first_seed = seed              # seeds the first reset() that is given no seed
         self._stack: np.ndarray | None = None  # (frame_stack, H, W), oldest first
         self._frame_stack = frame_stack
         self._steps = 0                      # steps since the last reset(), for the time limit
-        self._continue_game = False          # the last step lost a life: reset() goes on with the game
+        self._continue_game = False          # reset() goes on with the game (a lost life, or a truncation)
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode. obs: uint8 (frame_stack, 64, 64), copies of one frame.
@@ -76,7 +80,8 @@ class AgentEnv:
         seed = self._first_seed if seed is None else seed
         self._first_seed = None
         if self._continue_game and seed is None:
-            # Episodic lives: the game goes on after a lost life; a no-op step gives the first frame.
+            # Episodic lives: the game goes on after a lost life (or a truncation); a no-op step gives
+            # the first frame.
             frame, _, game_over, _, info = self.game.step(NOOP)
             if game_over:
                 frame, info = self.game.reset(None)
@@ -94,7 +99,10 @@ class AgentEnv:
         self._steps += 1
         truncated = self._steps >= self._time_limit
         terminated = game_over or (self._episodic_lives and life_lost)
-        self._continue_game = terminated and not (game_over or truncated)
+        if truncated:
+            self._continue_game = self._continue_after_truncation and not game_over
+        else:
+            self._continue_game = terminated and not game_over
         self._stack[:-1] = self._stack[1:]
         self._stack[-1] = frame
         return self._stack.copy(), reward, terminated, truncated, info
@@ -151,8 +159,8 @@ def make_env(game: str, *, seed: int, train: bool, config: Config) -> AgentEnv:
     train: the training env has no-op starts (``config.noop_max``) and, with
         ``config.episodic_lives``, ends an episode at every lost life; the evaluation env has neither
         and ends an episode at game over only (SPEC 1).
-    config: uses frame_size, frame_skip, frame_stack, noop_max,
-        time_limit and episodic_lives. Catch has no frame skip or no-ops: its random ball start
+    config: uses frame_size, frame_skip, frame_stack, noop_max, time_limit, episodic_lives and
+        continue_after_truncation. Catch has no frame skip or no-ops: its random ball start
         already varies the episodes.
     """
     name = canonical_game(game)
@@ -164,4 +172,5 @@ def make_env(game: str, *, seed: int, train: bool, config: Config) -> AgentEnv:
         core = AtariGame(name, seed=seed, noop_max=config.noop_max if train else 0,
                          frame_skip=config.frame_skip, frame_size=config.frame_size)
     return AgentEnv(core, seed=seed, frame_stack=config.frame_stack,
-                    episodic_lives=train and config.episodic_lives, time_limit=config.time_limit)
+                    episodic_lives=train and config.episodic_lives, time_limit=config.time_limit,
+                    continue_after_truncation=config.continue_after_truncation)

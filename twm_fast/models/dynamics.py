@@ -16,6 +16,7 @@ cached key stays valid as the window slides, so this is exact and avoids recompu
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -165,7 +166,12 @@ class DynamicsModel(nn.Module):
         self.z_embed = MLP(z_dim, [], dim, output_activation=True)
         self.a_embed = nn.Embedding(num_actions, dim)
         self.r_embed = MLP(1, [], dim, output_activation=True)
-        self.layers = nn.ModuleList(TransformerXLLayer(config) for _ in range(config.dyn_num_layers))
+        if config.dyn_identical_layers:
+            # As published: deep copies of one initialised layer, so all layers start equal (SPEC 3).
+            layer = TransformerXLLayer(config)
+            self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(config.dyn_num_layers))
+        else:
+            self.layers = nn.ModuleList(TransformerXLLayer(config) for _ in range(config.dyn_num_layers))
         # u and v are shared by all layers (Dai et al. 2019).
         self.u_bias = nn.Parameter(torch.empty(config.dyn_num_heads, config.dyn_head_dim))
         self.v_bias = nn.Parameter(torch.empty(config.dyn_num_heads, config.dyn_head_dim))
@@ -295,7 +301,8 @@ class DynamicsModel(nn.Module):
     # ---- Loss (SPEC 3) ------------------------------------------------------------------------
     def loss(self, preds: dict[str, torch.Tensor], target_logits: torch.Tensor, target_weights: torch.Tensor,
              target_rewards: torch.Tensor, target_discounts: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Latent cross-entropy (weighted mean) + 10 * reward NLL + 50 * discount NLL.
+        """Latent cross-entropy (weighted mean, unless config.dyn_latent_loss is off) + 10 * reward NLL
+        + 50 * discount NLL. The cross-entropy is reported as dyn/z_ce either way.
 
         preds: the heads' outputs for the steps whose successors are the targets: z_logits
         (B, L, 32, 32), reward (B, L), discount_logit (B, L); target_logits (B, L, 32, 32) from
@@ -309,7 +316,11 @@ class DynamicsModel(nn.Module):
         # Unit-variance Gaussian NLL, constant included (as torch.distributions.Normal.log_prob).
         reward_nll = (0.5 * (preds["reward"] - target_rewards).pow(2) + 0.5 * math.log(2 * math.pi)).mean()
         discount_nll = F.binary_cross_entropy_with_logits(preds["discount_logit"], target_discounts)
-        loss = c.dyn_z_coef * z_loss + c.dyn_reward_coef * reward_nll + c.dyn_discount_coef * discount_nll
+        loss = c.dyn_reward_coef * reward_nll + c.dyn_discount_coef * discount_nll
+        if c.dyn_latent_loss:
+            # Left out of the graph otherwise, as published: the latent head then gets no gradient at
+            # all (None, not zeros), so Adam's weight decay does not move it either.
+            loss = loss + c.dyn_z_coef * z_loss
         metrics = {"dyn/z_ce": z_loss.detach(), "dyn/reward_nll": reward_nll.detach(),
                    "dyn/discount_nll": discount_nll.detach(), "dyn/loss": loss.detach()}
         return loss, metrics

@@ -47,11 +47,16 @@ class ObservationModel(nn.Module):
         channels = [16 * c, 4 * c, 2 * c, c, stack]
         for i, (c_in, c_out, k) in enumerate(zip(channels[:-1], channels[1:], [5, 5, 6, 6])):
             last = i == 3
-            deconvs.append(init_layer(nn.ConvTranspose2d(c_in, c_out, k, stride=2), 1.0 if last else SILU_GAIN))
+            deconv = nn.ConvTranspose2d(c_in, c_out, k, stride=2)
+            # "pytorch" keeps the default init above, as the published initialiser, which touches
+            # Linear and Conv2d only, does (SPEC 2).
+            if config.obs_decoder_init == "kaiming":
+                init_layer(deconv, 1.0 if last else SILU_GAIN)
+                if last:
+                    nn.init.constant_(deconv.bias, 0.5)  # the output starts near mid-grey
+            deconvs.append(deconv)
             if not last:
                 deconvs.append(nn.SiLU())
-        # The decoder's output starts near mid-grey (SPEC 2: last bias 0.5).
-        nn.init.constant_(deconvs[-1].bias, 0.5)
         self.decoder = nn.Sequential(
             MLP(self.z_dim, [], 16 * c, output_activation=True),
             nn.Unflatten(1, (16 * c, 1, 1)),
