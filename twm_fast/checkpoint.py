@@ -263,9 +263,28 @@ class CheckpointStore:
     def _delete(self, name: str) -> None:
         # The manifest first: from then on the checkpoint is uncommitted, whatever else remains.
         _manifest_path(self.directory, name).unlink(missing_ok=True)
+        _manifest_path(self.directory, name).with_suffix(".json" + TMP_SUFFIX).unlink(missing_ok=True)
         for suffix in (".pt", ".replay"):
             for path in (self.directory / f"{name}{suffix}", self.directory / f"{name}{suffix}{TMP_SUFFIX}"):
                 path.unlink(missing_ok=True)
+
+    def discard(self, names: list[str], after: str | None) -> str | None:
+        """Clear the way for a resumed run, which will write checkpoints of these names again:
+        committed ones among `names` (skipped as broken, or newer than the one resumed, `after`) are
+        set aside (`set_aside`), interrupted writes (no manifest) are deleted, being of no use.
+        Returns a line saying what was done, None when there was nothing."""
+        committed = [n for n in names if _manifest_path(self.directory, n).is_file()]
+        interrupted = [n for n in names if n not in committed]
+        for name in interrupted:
+            self._delete(name)
+        parts = []
+        if committed:
+            aside = self.set_aside(committed)
+            parts.append(f"set aside the checkpoints {'after ' + after + ' ' if after else ''}in {aside}: "
+                         + ", ".join(committed))
+        if interrupted:
+            parts.append("removed the interrupted checkpoint write(s) " + ", ".join(interrupted))
+        return "; ".join(parts) or None
 
     def set_aside(self, names: list[str]) -> Path | None:
         """Move checkpoints (skipped ones, or those of a future abandoned by resuming an older one)

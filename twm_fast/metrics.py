@@ -38,6 +38,8 @@ class MetricsLog:
         self.eval_path = run_dir / "eval.jsonl"
         replayed: list[dict] = []
         self.warnings: list[str] = []  # for the run to print: log files that lost records
+        if resume is None and (self.path.exists() or self.eval_path.exists()):
+            resume = _START  # a run started again (it stopped before its first checkpoint): empty logs
         if resume is not None:
             for path, size in ((self.path, resume["metrics_bytes"]), (self.eval_path, resume["eval_bytes"])):
                 problem = _truncate(path, size)
@@ -117,6 +119,10 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+# The log state of a run that has not started: empty files, TensorBoard's events hidden from step 0.
+_START = {"env_steps": 0, "metrics_bytes": 0, "eval_bytes": 0, "pending": {}, "flushed": {}}
 
 
 def _truncate(path: Path, size: int) -> str | None:

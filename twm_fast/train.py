@@ -309,7 +309,7 @@ class Trainer:
     def _next_phase(self) -> None:
         if self.log.pending:  # the phase's last updates, so they are not reported under the next phase
             self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
-                           phase_updates=self.counters["phase_updates"])
+                           phase_updates=self.counters["phase_updates"], skipped_updates=self.guard.total)
         self.progress.finish_phase()
         self.counters["phase"] = PHASES[PHASES.index(self.counters["phase"]) + 1]
         self.counters["phase_updates"] = 0
@@ -585,19 +585,18 @@ def main(argv: list[str] | None = None) -> int:
             held.release()
 
 
-def resume_point(path: Path) -> tuple[Path, Resumable]:
+def resume_point(path: Path) -> tuple[Path, Resumable | dict]:
     """--resume PATH: the run directory and the checkpoint to continue from. PATH is a run directory
     (or its checkpoints/ folder): its newest checkpoint that verifies, newer broken ones skipped; or
-    a checkpoint file in a run's checkpoints/ folder: that one (to go back to it)."""
+    a checkpoint file in a run's checkpoints/ folder: that one (to go back to it). A run directory
+    without any complete checkpoint, whose run was stopped before its first (in the prefill), gives
+    its config.json instead: the run starts again."""
     run_dir = run_directory_of(path)
     if run_dir is None:
         if not path.exists():
             raise FileNotFoundError(f"--resume {path}: no such run directory")
         raise ValueError(f"--resume {path}: give a run directory (or its checkpoints/ folder, or a checkpoint file "
                          "inside that folder); this file is not in a run's checkpoints/ folder")
-    if not (run_dir / CHECKPOINTS_DIR).is_dir():
-        raise FileNotFoundError(f"--resume {path}: {run_dir} holds no checkpoints/ folder; is it a run directory "
-                                "written by `python -m twm_fast.train`?")
     config_path = run_dir / "config.json"
     try:
         config_json = json.loads(config_path.read_text()) if config_path.is_file() else None
@@ -605,6 +604,11 @@ def resume_point(path: Path) -> tuple[Path, Resumable]:
         raise ValueError(f"{config_path} is not valid JSON ({exc}); restore it or resume from a checkpoint "
                          "file") from None
     store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+    if config_json is not None and not store.committed() and not path.is_file():
+        return run_dir, config_json
+    if not store.directory.is_dir():
+        raise FileNotFoundError(f"--resume {path}: {run_dir} holds no checkpoints/ folder; is it a run directory "
+                                "written by `python -m twm_fast.train`?")
     if path.is_file():
         name = path.name.split(".", 1)[0]
         if name not in store.names():
@@ -616,29 +620,34 @@ def resume_point(path: Path) -> tuple[Path, Resumable]:
 def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
     resume = None
     if args.resume:
+        if args.game or args.preset or args.overrides or args.seed is not None:
+            raise ValueError("--resume continues a run with its saved config; drop --game/--preset/--seed/"
+                             "overrides (or start a new run with --out)")
         run_dir = run_directory_of(Path(args.resume)) or Path(args.resume)
         if run_dir.is_dir():  # before anything is read: a run that is still writing must not be resumed
             lock.append(RunLock(run_dir).acquire())
         run_dir, chosen = resume_point(Path(args.resume))
-        resume = chosen.payload
-        if chosen.skipped_message():
-            print(f"warning: {chosen.skipped_message()}", file=sys.stderr)
-        abandoned = CheckpointStore(run_dir / CHECKPOINTS_DIR).newer_than(resume["manifest"]["name"])
-        if abandoned:
-            aside = CheckpointStore(run_dir / CHECKPOINTS_DIR).set_aside(abandoned)
-            print(f"set aside the checkpoints after {describe(resume)} in {aside}: {', '.join(abandoned)}",
-                  file=sys.stderr)
-        if resume["counters"]["phase"] == "done" and (run_dir / "scores.json").is_file():
+        store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+        if isinstance(chosen, Resumable):
+            resume = chosen.payload
+            if chosen.skipped_message():
+                print(f"warning: {chosen.skipped_message()}", file=sys.stderr)
+            discarded = store.discard(store.newer_than(resume["manifest"]["name"]), after=describe(resume))
+            config = Config.from_dict(resume["config"])
+        else:  # stopped before its first checkpoint: nothing to continue, the run starts again
+            print(f"{run_dir} holds no complete checkpoint (the run stopped before its first one): "
+                  "starting it again from its config.json", file=sys.stderr)
+            discarded = store.discard(store.names(), after=None)
+            config = Config.from_dict(chosen)
+        if discarded:
+            print(discarded, file=sys.stderr)
+        if resume is not None and resume["counters"]["phase"] == "done" and (run_dir / "scores.json").is_file():
             print(f"run {run_dir} is already finished: {run_dir}/scores.json", file=sys.stderr)
             return 0
-        config = Config.from_dict(resume["config"])
         if args.device:
             config.device = args.device
         if args.threads is not None:
             config.threads = args.threads
-        if args.game or args.preset or args.overrides or args.seed is not None:
-            raise ValueError("--resume continues a run with its saved config; drop --game/--preset/--seed/"
-                             "overrides (or start a new run with --out)")
     else:
         values = {}
         if args.game:
@@ -675,10 +684,11 @@ def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
                 f"this configuration would take {describe_hours(hours)} on {machine.name} (no CUDA device found; "
                 f"the estimate of twm_fast/estimate.py). Try the CPU demo: python -m twm_fast.train --preset quick "
                 f"(built-in Catch, {describe_hours(quick)} here), run on a GPU, or pass --allow-slow to start anyway.")
-    if resume is None:
+    if not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.append(RunLock(run_dir).acquire())
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        text = json.dumps(config.to_dict(), indent=2).encode()
+        atomic_write(run_dir / "config.json", lambda f: f.write(text))  # a kill never leaves half of it
     print(f"twm-fast: {config.game}, device {device}, {config.threads} thread(s) ({why}), run directory {run_dir}"
           + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']}, from "
              f"{resume['manifest']['name']})" if resume else ""), file=sys.stderr)
