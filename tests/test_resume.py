@@ -349,3 +349,28 @@ def test_repeated_nan_stops_the_run_with_a_good_checkpoint(tmp_path):
     payload = verify_checkpoint(run / "checkpoints", "ckpt-000002")
     assert payload["counters"]["phase"] == "pretrain_dyn" and payload["counters"]["phase_updates"] == 0
     assert all(torch.isfinite(v).all() for v in payload["agent"].values() if v.is_floating_point())
+
+
+def test_an_env_that_cannot_be_saved_ends_its_episode_at_the_resume(tmp_path, monkeypatch):
+    """An Atari emulator cannot be saved (its env's state_dict is None): the resumed run ends the
+    interrupted episode as a truncation in the replay and starts a fresh one (README, Departures)."""
+    from twm_fast.config import make_config
+    from twm_fast.envs import AgentEnv
+    from twm_fast.train import StopRun, Trainer
+
+    monkeypatch.setattr(AgentEnv, "state_dict", lambda self: None)
+    config = make_config("quick", [o for o in TINY if "=" in o], device="cpu", threads=1)
+    cpu = torch.device("cpu")
+    stopped = Trainer(config, tmp_path, cpu, show_progress=False, stop_after=30)
+    with pytest.raises(StopRun):
+        stopped.run()
+    stopped.checkpoint()
+    last = stopped.replay.read_windows([29], 1)
+    assert not last["terminated"][0, 1] and not last["truncated"][0, 1]  # step 29 is mid-episode
+    payload = CheckpointStore(tmp_path / "checkpoints").load("ckpt-000001")
+    assert payload["env"] is None and payload["counters"]["env_steps"] == 30
+    resumed = Trainer(config, tmp_path, cpu, resume=payload, show_progress=False)
+    window = resumed.replay.read_windows([29], 1)
+    assert window["truncated"][0, 1] and not window["terminated"][0, 1]
+    assert np.array_equal(window["obs"][0, 2], resumed.obs)  # o_30 is the fresh episode's first
+    assert resumed.counters["episode_return"] == 0.0

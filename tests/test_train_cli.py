@@ -145,7 +145,7 @@ def test_stop_during_prefill_and_resume(tmp_path):
     assert counters["phase"] == "done" and counters["env_steps"] == replay.total_steps == 400
     assert counters["train_steps"] == 40
     # Catch's state is part of the checkpoint: its episode went on across the stop, with no truncation
-    # at the last step before it (an Atari run ends its episode there: test_resume.py).
+    # at the last step before it (an Atari run ends its episode there: tests/test_resume.py).
     window = replay.read_windows([119], 1)
     assert window["truncated"][0, 1] == stopped["truncated"][0, 1]
     assert window["terminated"][0, 1] == stopped["terminated"][0, 1]
