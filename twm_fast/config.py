@@ -76,7 +76,9 @@ class Config:
     final_eval_episodes: int = 100      # episodes of the final evaluation
     eval_envs: int = 16                 # evaluation envs stepped at once, each playing its share of episodes
     eval_env_backend: str = "auto"      # "vector" (ale-py's AtariVectorEnv), "single", "auto" (vector for Atari)
-    checkpoint_every: int = 5_000       # env steps between checkpoints (the last one is kept)
+    checkpoint_every: int = 5_000       # env steps between checkpoints
+    keep_checkpoints: int = 2           # periodic checkpoints kept (the newest; resume falls back to an older one)
+    max_skipped_updates: int = 20       # consecutive updates skipped for a non-finite loss that stop the run
 
     # ---- Observation model (SPEC 2) -----------------------------------------------------------
     z_categoricals: int = 32            # z is 32 categorical variables ...
@@ -182,6 +184,8 @@ class Config:
         need(self.eval_envs >= 1, f"eval_envs={self.eval_envs} must be at least 1")
         need(self.eval_env_backend in EVAL_ENV_BACKENDS,
              f"eval_env_backend={self.eval_env_backend!r} must be one of {', '.join(EVAL_ENV_BACKENDS)}")
+        need(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be at least 1")
+        need(self.max_skipped_updates >= 1, f"max_skipped_updates={self.max_skipped_updates} must be at least 1")
         need(self.imagine_dtype in IMAGINE_DTYPES,
              f"imagine_dtype={self.imagine_dtype!r} must be one of {', '.join(IMAGINE_DTYPES)}")
         need(self.obs_decoder_init in DECODER_INITS,
