@@ -22,7 +22,7 @@ def evaluate(capsys):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "without checkpoints/latest.pt"),
+    (lambda p: p.mkdir(), "a directory without checkpoints/"),
     (lambda p: p.write_bytes(b"\x80\x04 cut short"), "cannot read checkpoint"),
     (lambda p: torch.save({"format": FORMAT_VERSION, "config": {"game": "catch"}}, p), "does not hold a complete agent"),
     (lambda p: torch.save({"format": FORMAT_VERSION, "config": {"gaem": "catch"}, "num_actions": 3, "agent": {}}, p),

@@ -176,26 +176,30 @@ def test_the_space_estimate_matches_a_real_checkpoint(tmp_path):
 def test_resume_dry_run_and_its_refusals(tmp_path, dry_run):
     run = tmp_path / "run"
     tiny_catch_checkpoint(run / "checkpoints", steps=60, updates=1)
+    before = sorted(p.name for p in run.rglob("*"))
 
-    def resume(*args):
+    def resume(path=run, *args):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = train.main(["--resume", str(run), "--dry-run", *args])
+                code = train.main(["--resume", str(path), "--dry-run", *args])
             except SystemExit as exit_:
                 code = exit_.code
         return code, out.getvalue(), err.getvalue()
 
-    code, out, err = resume("--threads", "1")
+    code, out, err = resume(run, "--threads", "1")
     assert code == 0 and f"resume {run} at done, env step 60" in out, err
-    assert "--stop-after 60: the run is already at env step 60" in one_error(*resume("--stop-after", "60")[::2])
+    assert "--stop-after 60: the run is already at env step 60" in one_error(*resume(run, "--stop-after", "60")[::2])
     for args, message in [(["--out", str(tmp_path / "x")], "drop --out"), (["seed=2"], "drop overrides"),
                           (["--preset", "quick"], "drop --preset")]:
-        assert message in one_error(*resume(*args)[::2])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = train.main(["--resume", str(run / "checkpoints" / "final.pt"), "--dry-run"])
-    assert "is a file; give the run directory (the one holding checkpoints/)" in one_error(code, err.getvalue())
+        assert message in one_error(*resume(run, *args)[::2])
+    # The checkpoints/ folder or a checkpoint file in it names the run: no new run nested inside.
+    for path in (run / "checkpoints", run / "checkpoints" / "final.pt"):
+        code, out, err = resume(path)
+        assert code == 0 and f"resume {run} at done, env step 60" in out, err
+    (tmp_path / "loose.pt").write_bytes((run / "checkpoints" / "final.pt").read_bytes())
+    assert "this file is not in a run's checkpoints/ folder" in one_error(*resume(tmp_path / "loose.pt")[::2])
+    assert sorted(p.name for p in run.rglob("*")) == before  # a dry run takes no lock and sets nothing aside
 
 
 def test_a_refused_or_failed_start_leaves_nothing_behind(tmp_path, monkeypatch):

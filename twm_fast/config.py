@@ -126,7 +126,11 @@ class Config:
     eval_envs: int = setting(16, Integer(1, 1024))
     # "vector" (ale-py's AtariVectorEnv), "single", "auto" (vector for Atari)
     eval_env_backend: str = setting("auto", Choice(*EVAL_ENV_BACKENDS))
-    checkpoint_every: int = setting(5_000, STEPS)  # env steps between checkpoints (the last one is kept)
+    checkpoint_every: int = setting(5_000, STEPS)  # env steps between checkpoints
+    # periodic checkpoints kept (the newest; resume falls back to an older one)
+    keep_checkpoints: int = setting(2, Integer(1, 1000))
+    # consecutive updates skipped for a non-finite loss that stop the run
+    max_skipped_updates: int = setting(20, Integer(1, 10**6))
 
     # ---- Observation model (SPEC 2) -----------------------------------------------------------
     z_categoricals: int = setting(32, Integer(1, 1024))  # z is 32 categorical variables ...

@@ -82,16 +82,23 @@ def agent_policy(agent) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def evaluate(agent, config, episodes: int, seed: int, show_progress: bool = False) -> dict:
-    """Play `episodes` evaluation episodes; returns raw returns, their mean and the normalised score."""
+    """Play `episodes` evaluation episodes; returns raw returns, their mean and the normalised score.
+
+    The agent's actions are drawn from torch's generator seeded with `seed`, inside `fork_rng`: an
+    evaluation is reproducible, and the caller's random state is as it was (a training run's
+    future does not depend on its evaluations, nor on where one was interrupted)."""
     from twm_fast.envs.scores import human_normalized_score
 
     num_envs = max(1, min(episodes, config.eval_envs))
     envs = make_eval_envs(config.game, [seed + SEED_STRIDE * i for i in range(num_envs)], config,
                           backend=config.eval_env_backend)
     bar = progress(episodes, "evaluate", unit="episode") if show_progress else None
+    devices = [agent.device] if agent.device.type == "cuda" else []
     try:
-        per_env = play_episodes(envs, agent_policy(agent), episode_quotas(episodes, num_envs),
-                                on_episode=None if bar is None else lambda: bar.update(1))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            per_env = play_episodes(envs, agent_policy(agent), episode_quotas(episodes, num_envs),
+                                    on_episode=None if bar is None else lambda: bar.update(1))
     finally:
         envs.close()
         if bar is not None:
@@ -123,6 +130,8 @@ def load_agent(checkpoint: str, device: str = "auto"):
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"checkpoint {payload['path']} does not hold a complete agent ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}); use another checkpoint") from None
+    if payload.get("unverified"):  # a copy taken out of its run's checkpoints/ folder, say
+        print(f"warning: {payload['unverified']}", file=sys.stderr)
     device = resolve_device(device)
     # The run's precision (saved resolved; a run from before the field has "auto"), on this device.
     config.matmul_precision = resolve_matmul_precision(config.matmul_precision, device)

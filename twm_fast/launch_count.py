@@ -137,11 +137,8 @@ def rollout_counts(config, num_actions: int = 6, trajectories: int = 8) -> dict[
 
 def update_counts(config, num_actions: int = 6) -> dict[str, dict[str, LaunchCount]]:
     """Kernels of a world-model update and an actor-critic update (forward, backward, clipping, Adam),
-    both paths, in the steady state (after a first update). The optimisers use their foreach
-    implementations, as on a GPU. Batch sizes do not change the counts; B = 2 and M = 8 keep it quick.
-
-    Host syncs here include Adam's `.item()` of its step counters: host tensors on a GPU too (unless
-    made capturable), so those read no device memory."""
+    both paths, in the steady state (after a first update). The optimisers are fused Adam, as on a
+    GPU (twm_fast.models.nets.adam). Batch sizes do not change the counts; B = 2 and M = 8 keep it quick."""
     from dataclasses import replace
 
     from twm_fast.agent.agent import Agent
@@ -150,9 +147,6 @@ def update_counts(config, num_actions: int = 6) -> dict[str, dict[str, LaunchCou
     config = replace(config, wm_batch_size=2, imagine_batch_size=8)
     torch.manual_seed(0)
     agent = Agent(config, num_actions)
-    for optimizer in agent.optimizers().values():
-        for group in optimizer.param_groups:
-            group["foreach"] = True
     batch = random_batch(config, num_actions)
     z, _ = agent.update_world_model(batch)
     rollout = agent.imagine(agent.imagination_starts(z, batch, config.imagine_batch_size), z[:, 0])

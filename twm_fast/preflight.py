@@ -16,9 +16,12 @@ from pathlib import Path
 
 from twm_fast.replay.common import memory_bytes, saved_bytes
 
-# Checkpoints on disk at once, at the most: latest, the next one being written beside it, and final
-# (written while latest still exists).
-CHECKPOINTS_ON_DISK = 3
+# Checkpoints on disk at once, at the most: the keep_checkpoints committed ones (the final one among
+# them at the end) and the next one being written before the oldest is deleted (twm_fast.checkpoint).
+def checkpoints_on_disk(config) -> int:
+    return config.keep_checkpoints + 1
+
+
 # A checkpoint's model part per parameter: float32 weights plus Adam's two moments; and what it holds
 # besides (counters, RNG states, the config, pickling), generously.
 CHECKPOINT_BYTES_PER_PARAMETER = 3 * 4
@@ -34,10 +37,11 @@ class RunSpace:
     replay_file: int        # one replay file at capacity
     model_file: int         # one checkpoint's .pt (weights, optimiser state)
     replay_memory: int      # the replay in memory at capacity
+    checkpoints: int        # checkpoints on disk at once, at the most
 
     @property
     def disk(self) -> int:
-        return CHECKPOINTS_ON_DISK * (self.replay_file + self.model_file) + LOG_BYTES
+        return self.checkpoints * (self.replay_file + self.model_file) + LOG_BYTES
 
 
 def model_parameters(config) -> int:
@@ -55,7 +59,7 @@ def run_space(config, num_parameters: int) -> RunSpace:
     shape, stack = (config.frame_size, config.frame_size), config.frame_stack
     return RunSpace(saved_bytes(config.replay_capacity, shape, stack),
                     CHECKPOINT_BYTES_PER_PARAMETER * num_parameters + CHECKPOINT_OVERHEAD_BYTES,
-                    memory_bytes(config.replay_capacity, shape, stack))
+                    memory_bytes(config.replay_capacity, shape, stack), checkpoints_on_disk(config))
 
 
 def describe_bytes(n: float) -> str:
@@ -157,12 +161,12 @@ def available_memory() -> int | None:
 
 def check_space(run_dir: Path, base: Path, space: RunSpace, capacity: int) -> None:
     """Raise ValueError (one line, with the numbers) unless the disk under `base` and this machine's
-    memory hold the run: the replay at `capacity` steps in memory, and CHECKPOINTS_ON_DISK checkpoints
+    memory hold the run: the replay at `capacity` steps in memory, and `space.checkpoints` checkpoints
     plus logs on disk."""
     free_disk = shutil.disk_usage(base).free
     if space.disk > free_disk:
         raise ValueError(
-            f"not enough free space for the run in {run_dir}: {CHECKPOINTS_ON_DISK} checkpoints of "
+            f"not enough free space for the run in {run_dir}: {space.checkpoints} checkpoints of "
             f"{describe_bytes(space.replay_file + space.model_file)} (the replay at its capacity of {capacity:,} "
             f"steps {describe_bytes(space.replay_file)}, the model {describe_bytes(space.model_file)}) and logs "
             f"need {describe_bytes(space.disk)}, and {base} has {describe_bytes(free_disk)} free; free some "

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from twm_fast.checkpoint import has_checkpoint
 from twm_fast.config import PRESETS, make_config
 from twm_fast.envs import ATARI_100K_GAMES, canonical_game
 from twm_fast.report import SWEEP_MANIFEST
@@ -50,7 +51,7 @@ def run_state(run_dir: Path) -> str:
     """'done' (scores.json), 'resumable' (a checkpoint), 'stale' (files, no checkpoint) or 'new'."""
     if (run_dir / "scores.json").is_file():
         return "done"
-    if (run_dir / "checkpoints" / "latest.pt").is_file():
+    if has_checkpoint(run_dir):
         return "resumable"
     if run_dir.exists() and any(run_dir.iterdir()):
         return "stale"

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,20 +24,29 @@ import torch
 from twm_fast import ops
 from twm_fast.agent import pretraining
 from twm_fast.agent.agent import Agent
-from twm_fast.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from twm_fast.checkpoint import (
+    CHECKPOINTS_DIR,
+    CheckpointStore,
+    Resumable,
+    describe,
+    run_directory_of,
+    set_rng_state,
+)
 from twm_fast.cli import Once, Parser, path_text, printable, refuse, ruled
 from twm_fast.config import PRESETS, Config, field_rule, make_config
 from twm_fast.devices import resolve_device
+from twm_fast.durable import RunLock, atomic_write, disk_full_message, is_disk_full
 from twm_fast.envs import canonical_game, make_env
 from twm_fast.envs.atari import import_gymnasium
 from twm_fast.estimate import Machine, describe_hours, phase_seconds, run_hours
 from twm_fast.evaluate import evaluate
 from twm_fast.imagination.rollout import ImaginationStart
 from twm_fast.install import install_problem
+from twm_fast.interrupts import StopRequested, StopSignals
 from twm_fast.metrics import MetricsLog
+from twm_fast.nonfinite import NonFiniteGuard, RunFailed, nonfinite_modules
 from twm_fast.precision import apply_matmul_precision, resolve_matmul_precision
 from twm_fast.preflight import (
-    CHECKPOINTS_ON_DISK,
     RunSpace,
     available_memory,
     check_output_dir,
@@ -48,7 +56,7 @@ from twm_fast.preflight import (
     run_space,
 )
 from twm_fast.progress import Phase, RunProgress
-from twm_fast.replay import make_replay, replay_class
+from twm_fast.replay import make_replay
 from twm_fast.validation import ConfigError, Real, shown
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
@@ -146,26 +154,36 @@ class WindowReader:
 
 
 class Trainer:
-    """Owns the run directory, the env, the agent, the replay and the counters of one run."""
+    """Owns the run directory, the env, the agent, the replay and the counters of one run.
+
+    Everything the run decides follows from its counters and saved state, and signals act only at
+    step boundaries (`signals.check()`), so a run resumed from any checkpoint takes the path it
+    would have taken without stopping (README, Resuming)."""
 
     def __init__(self, config: Config, run_dir: Path, device: torch.device, resume: dict | None = None,
                  show_progress: bool = True, stop_after: int | None = None, live: bool | None = None,
-                 heartbeat_s: float = 60.0, machine: Machine | None = None):
-        """show_progress: the run's progress display (`twm_fast.progress`), live on a terminal (or as
+                 heartbeat_s: float = 60.0, machine: Machine | None = None, signals: StopSignals | None = None):
+        """resume: a verified checkpoint payload with its loaded replay (`CheckpointStore.find`).
+        show_progress: the run's progress display (`twm_fast.progress`), live on a terminal (or as
         `live` says), else heartbeat lines every `heartbeat_s`; its estimates are for `machine`
-        (probed here when not given)."""
+        (probed here when not given). signals: the stop requests to honour at step boundaries
+        (the command line installs them; by default none)."""
         self.config = config
         self.stop_after = stop_after
         self.run_dir = run_dir
         self.device = device
+        self.signals = signals or StopSignals()
+        self.store = CheckpointStore(run_dir / CHECKPOINTS_DIR, keep=config.keep_checkpoints)
         (run_dir / "images").mkdir(parents=True, exist_ok=True)
-        self.log = MetricsLog(run_dir)
+        self.log = MetricsLog(run_dir, resume=None if resume is None else resume["log"])
+        self.guard = NonFiniteGuard(config.max_skipped_updates)
         seed_everything(config.seed)
         self.env = make_env(config.game, seed=config.seed, train=True, config=config)
         self.agent = Agent(config, self.env.num_actions).to(device)
         self._window_reader: WindowReader | None = None  # built at the first training step
         self.counters = {"phase": "prefill", "env_steps": 0, "train_steps": 0, "phase_updates": 0,
-                         "episodes": 0, "last_eval": -1, "evals": [], "episode_return": 0.0}
+                         "episodes": 0, "last_eval": -1, "evals": [], "episode_return": 0.0,
+                         "last_log": 0, "final_eval": None}
         if resume is None:
             self.replay = make_replay(config.replay_backend, capacity=config.replay_capacity,
                                       frame_shape=(config.frame_size, config.frame_size),
@@ -199,21 +217,47 @@ class Trainer:
                 Phase("final_eval", "final evaluation", c.final_eval_episodes, "episodes", 0.0)]
 
     # ---- Checkpoints ----------------------------------------------------------------------------
-    def checkpoint(self, name: str = "latest") -> Path:
-        # The replay is the source of truth for env steps (an interrupt may land inside env_step).
-        self.counters["env_steps"] = self.replay.total_steps
-        return save_checkpoint(self.run_dir / "checkpoints", name, agent=self.agent, replay=self.replay,
-                               config=self.config, counters=self.counters)
+    def checkpoint(self) -> Path:
+        """Commit a checkpoint of the run as it is (at a step boundary): `final` once the run is done,
+        else the next periodic one. Weights that became non-finite are never saved: RunFailed."""
+        if self.counters["env_steps"] != self.replay.total_steps:
+            raise AssertionError("checkpoint between an env step and its replay entry")
+        self._check_weights("checkpointing")
+        extra = {"env": self.env.state_dict(), "obs": self.obs, "guard": self.guard.state_dict(),
+                 "log": self.log.state_dict(self.counters["env_steps"])}
+        return self.store.save(final=self.counters["phase"] == "done", agent=self.agent, replay=self.replay,
+                               config=self.config, counters=self.counters, extra=extra)
+
+    def last_checkpoint(self) -> str:
+        """The newest committed checkpoint, for messages."""
+        names = self.store.committed()
+        return f"{self.store.directory / names[0]}.pt" if names else "none yet"
+
+    def _check_weights(self, doing: str) -> None:
+        bad = nonfinite_modules(self.agent)
+        if bad:
+            raise RunFailed(f"the weights of the {', '.join(bad)} became non-finite (at {self._where()}); "
+                            f"stopped before {doing} them")
+
+    def _where(self) -> str:
+        c = self.counters
+        if c["phase"] == "main":
+            return f"train step {c['train_steps']:,} (env step {c['env_steps']:,})"
+        return f"{c['phase']} update {c['phase_updates']:,}"
 
     def _restore(self, payload: dict) -> None:
         self.agent.load_state_dict(payload["agent"])
         for key, opt in self.agent.optimizers().items():
             opt.load_state_dict(payload["optimizers"][key])
         self.counters = dict(payload["counters"])
-        replay_path = Path(payload["path"]).with_name(payload["replay_file"])
-        self.replay = replay_class(self.config.replay_backend).load(str(replay_path))
+        self.replay = payload["replay"]
         set_rng_state(payload["rng"])
-        # The env itself cannot be saved: the interrupted episode ends here (as a truncation) and
+        self.guard.load_state_dict(payload["guard"])
+        if payload["env"] is not None and self.env.state_dict() is not None:
+            self.env.load_state_dict(payload["env"])  # Catch: the same future as without the stop
+            self.obs = payload["obs"]
+            return
+        # The emulator cannot be saved: the interrupted episode ends here (as a truncation) and
         # a fresh one starts, so the replay never holds a transition the env did not produce.
         self.obs, _ = self.env.reset(seed=self.config.seed + 104729 * (self.counters["env_steps"] + 1))
         self.replay.restart_episode(self.obs)
@@ -265,11 +309,12 @@ class Trainer:
                 self.main_loop()
                 self.progress.finish_phase()
                 self.progress.start_phase("final_eval")
-                final = self.evaluate_and_draw(c.final_eval_episodes, final=True)
+                self.counters["final_eval"] = self.evaluate_and_draw(c.final_eval_episodes, final=True)
                 self.progress.advance(c.final_eval_episodes)
-                self._next_phase()
-                self.checkpoint("final")
-                self.write_scores(final)
+                self._next_phase()  # "done": the final checkpoint
+            # Last, so that a run is done only when its final outputs exist (a run stopped between
+            # the final checkpoint and here writes scores.json when resumed).
+            self.write_scores(self.counters["final_eval"])
         finally:
             self.progress.close()  # so that what is printed next starts on a clean line
         self.log.close()
@@ -278,7 +323,7 @@ class Trainer:
     def _next_phase(self) -> None:
         if self.log.pending:  # the phase's last updates, so they are not reported under the next phase
             self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
-                           phase_updates=self.counters["phase_updates"])
+                           phase_updates=self.counters["phase_updates"], skipped_updates=self.guard.total)
         self.progress.finish_phase()
         self.counters["phase"] = PHASES[PHASES.index(self.counters["phase"]) + 1]
         self.counters["phase_updates"] = 0
@@ -290,6 +335,7 @@ class Trainer:
         while self.counters["env_steps"] < c.prefill_steps:
             self.env_step(int(self.env.action_space.sample()))
             self.progress.advance()
+            self.signals.check()
 
     def _prefill_data(self) -> dict[str, torch.Tensor]:
         """All prefill steps as one window: obs (n+1, ...), actions/rewards/dones (n,) of steps 0..n-1."""
@@ -357,38 +403,57 @@ class Trainer:
         self._pretrain("ac", update)
 
     def _count_update(self, metrics: dict) -> None:
+        """After a pretraining update: count, log, guard, and honour a stop request (a step boundary)."""
         self.counters["phase_updates"] += 1
-        self.log.accumulate(metrics)
+        self._guard(self.log.accumulate(metrics))
         self.progress.advance()
         if self.counters["phase_updates"] % 100 == 0:
             self.log.flush(self.counters["env_steps"], phase=self.counters["phase"],
-                           phase_updates=self.counters["phase_updates"])
+                           phase_updates=self.counters["phase_updates"], skipped_updates=self.guard.total)
+        self.signals.check()
+
+    def _guard(self, values: dict[str, float]) -> None:
+        """Count a skipped update (twm_fast.nonfinite); a streak's first gets a line, a long one stops the run."""
+        try:
+            line = self.guard.observe(values, self._where())
+        except RunFailed as exc:
+            raise RunFailed(f"{exc}; stopped, the last good checkpoint is {self.last_checkpoint()}") from None
+        if line:
+            self.progress.message(f"warning: {line}")
 
     def main_loop(self) -> None:
-        """Collect with the agent; training steps spread evenly over the remaining env steps (SPEC 7)."""
+        """Collect with the agent; training steps spread evenly over the remaining env steps (SPEC 7).
+
+        Each pass runs the training steps due at the current env step (a resumed run first those its
+        checkpoint left), then logs, evaluates and checkpoints where due, then takes the next env
+        step. Every decision follows from the counters, so where the run stopped does not matter."""
         c = self.config
+        counters = self.counters
         remaining = c.env_steps - c.prefill_steps
-        total_train = c.num_train_steps
-        started, start_steps = time.perf_counter(), self.counters["train_steps"]
-        last_ckpt = self.counters["env_steps"]
-        last_log = start_steps
-        while self.counters["env_steps"] < c.env_steps:
-            if self.counters["env_steps"] - max(self.counters["last_eval"], 0) >= c.eval_every:
+        started, start_steps = time.perf_counter(), counters["train_steps"]
+        resumed_at = counters["env_steps"]  # its checkpoint exists already
+        while True:
+            due = (counters["env_steps"] - c.prefill_steps) * c.num_train_steps // remaining
+            while counters["train_steps"] < due:
+                self.train_step()
+                self.signals.check()
+            self.progress.update(train_steps=counters["train_steps"])
+            if counters["train_steps"] - counters["last_log"] >= LOG_EVERY_TRAIN_STEPS:
+                counters["last_log"] = counters["train_steps"]
+                rate = (counters["train_steps"] - start_steps) / (time.perf_counter() - started)
+                self.log.flush(counters["env_steps"], phase="main", train_steps=counters["train_steps"],
+                               train_steps_per_s=rate, skipped_updates=self.guard.total)
+            done = counters["env_steps"] >= c.env_steps
+            if not done and counters["env_steps"] - max(counters["last_eval"], 0) >= c.eval_every:
                 self.evaluate_and_draw(c.eval_episodes)
+            if (counters["env_steps"] - c.prefill_steps) % c.checkpoint_every == 0 \
+                    and counters["env_steps"] != resumed_at:
+                self.checkpoint()
+            if done:
+                return
             self.env_step(self.policy_action())
             self.progress.advance()
-            due = (self.counters["env_steps"] - c.prefill_steps) * total_train // remaining
-            while self.counters["train_steps"] < due:
-                self.train_step()
-            self.progress.update(train_steps=self.counters["train_steps"])
-            if self.counters["train_steps"] - last_log >= LOG_EVERY_TRAIN_STEPS:
-                last_log = self.counters["train_steps"]
-                rate = (self.counters["train_steps"] - start_steps) / (time.perf_counter() - started)
-                self.log.flush(self.counters["env_steps"], phase="main",
-                               train_steps=self.counters["train_steps"], train_steps_per_s=rate)
-            if self.counters["env_steps"] - last_ckpt >= c.checkpoint_every:
-                self.checkpoint()
-                last_ckpt = self.counters["env_steps"]
+            self.signals.check()
 
     def train_step(self) -> None:
         c = self.config
@@ -397,27 +462,33 @@ class Trainer:
                                                c.imagine_batch_size, self.device)
         starts = self.replay.sample_starts(c.wm_batch_size, c.wm_sequence_length)
         batch, restart_obs = self._window_reader.read(starts, self.replay.random_obs_indices(c.imagine_batch_size))
-        self.log.accumulate(self.agent.train_step(batch, restart_obs))
+        values = self.log.accumulate(self.agent.train_step(batch, restart_obs))
         self.counters["train_steps"] += 1
+        self._guard(values)
 
     # ---- Evaluation and pictures --------------------------------------------------------------------
     def evaluate_and_draw(self, episodes: int, final: bool = False) -> dict:
+        """An evaluation (its own seed and RNG: twm_fast.evaluate) and the pictures of the run so far.
+        A stop signal ends it at once: nothing the run keeps changes until it has finished."""
         c = self.config
         step = self.counters["env_steps"]
         seed = c.seed * 1_000_003 + 13 + len(self.counters["evals"])
+        self._check_weights("evaluating")
         self.progress.update(status=f"evaluating {episodes} episodes")
         started = time.perf_counter()
-        result = evaluate(self.agent, c, episodes, seed)
-        seconds = time.perf_counter() - started
+        with self.signals.immediately():
+            result = evaluate(self.agent, c, episodes, seed)
+            seconds = time.perf_counter() - started
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                self.draw(step)
         result["env_steps"] = step
         result["final"] = final
         self.counters["evals"].append({k: result[k] for k in ("env_steps", "mean", "returns", "random_score")})
         self.counters["last_eval"] = step
         self.log.write(step, {"eval/mean_return": result["mean"], "eval/std_return": result["std"],
                               "eval/human_normalized": result["human_normalized"], "eval/final": final})
-        with open(self.run_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps(result) + "\n")
-        self.draw(step)
+        self.log.write_eval(result)
         save_eval_curve(self.counters["evals"], self.run_dir / "eval_curve.png", f"TWM on {c.game}")
         self.progress.phase("final_eval").estimate_s = seconds / episodes
         self.progress.update(status=None, next_eval=self._next_eval(), **self._eval_fields(result))
@@ -438,11 +509,14 @@ class Trainer:
 
     @torch.no_grad()
     def draw(self, step: int) -> None:
+        """Reconstructions and imagined rollouts from random replay steps, drawn with a generator of
+        their own (not the replay's), so that drawing leaves the run's random state as it was."""
         images = self.run_dir / "images"
-        obs = torch.as_tensor(self.replay.read_obs(self.replay.random_obs_indices(8)), device=self.device)
+        rng = np.random.default_rng(step)
+        indices = rng.integers(self.replay.first_step, self.replay.total_steps + 1, size=8)
+        obs = torch.as_tensor(self.replay.read_obs(indices), device=self.device)
         save_reconstructions(self.agent, obs, images / f"reconstructions_{step:07d}.png")
         # Imagine from 4 random real steps s (pairs z_s, z_{s+1} with a_s, r_s, done_s).
-        rng = np.random.default_rng(step)
         starts = rng.integers(self.replay.first_step + 1, self.replay.total_steps - 1, size=4)
         window = to_torch(self.replay.read_windows(starts, 1), self.device)
         om = self.agent.obs_model.eval()
@@ -458,11 +532,8 @@ class Trainer:
                   "human_normalized": final["human_normalized"], "random_score": final["random_score"],
                   "human_score": final["human_score"],
                   "evaluations": [{"env_steps": e["env_steps"], "mean": e["mean"]} for e in self.counters["evals"]]}
-        (self.run_dir / "scores.json").write_text(json.dumps(scores, indent=2))
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+        text = json.dumps(scores, indent=2).encode()
+        atomic_write(self.run_dir / "scores.json", lambda f: f.write(text))
 
 
 class StopRun(Exception):
@@ -526,39 +597,85 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signals = StopSignals().install()
+    lock: list[RunLock] = []  # the run directory's, once it is known
     try:
-        return _main(args)
+        return _main(args, signals, lock)
     except (ValueError, OSError, ImportError) as exc:  # OSError: e.g. a path too long for the file system
         return refuse(exc)
+    except (StopRequested, KeyboardInterrupt):
+        print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        signals.restore()
+        for held in lock:
+            held.release()
 
 
-def _resolve_config(args) -> tuple[Config, Path, dict | None]:
-    """The run's config, its directory and, for --resume, the checkpoint; ConfigError (one line) for
-    any value or combination that cannot work."""
+def resume_point(path: Path) -> tuple[Path, Resumable | dict]:
+    """--resume PATH: the run directory and the checkpoint to continue from. PATH is a run directory
+    (or its checkpoints/ folder): its newest checkpoint that verifies, newer broken ones skipped; or
+    a checkpoint file in a run's checkpoints/ folder: that one (to go back to it). A run directory
+    without any complete checkpoint, whose run was stopped before its first (in the prefill), gives
+    its config.json instead: the run starts again."""
+    run_dir = run_directory_of(path)
+    if run_dir is None:
+        if not path.exists():
+            raise FileNotFoundError(f"--resume {path}: no such run directory")
+        raise ValueError(f"--resume {path}: give a run directory (or its checkpoints/ folder, or a checkpoint file "
+                         "inside that folder); this file is not in a run's checkpoints/ folder")
+    config_path = run_dir / "config.json"
+    try:
+        config_json = json.loads(config_path.read_text()) if config_path.is_file() else None
+    except ValueError as exc:
+        raise ValueError(f"{config_path} is not valid JSON ({exc}); restore it or resume from a checkpoint "
+                         "file") from None
+    store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+    if config_json is not None and not store.committed() and not path.is_file():
+        return run_dir, config_json
+    if not store.directory.is_dir():
+        raise FileNotFoundError(f"--resume {path}: {run_dir} holds no checkpoints/ folder; is it a run directory "
+                                "written by `python -m twm_fast.train`?")
+    if path.is_file():
+        name = path.name.split(".", 1)[0]
+        if name not in store.names():
+            raise FileNotFoundError(f"--resume {path}: no checkpoint of that name in {store.directory}")
+        return run_dir, Resumable(store.load(name, config_json))
+    return run_dir, store.find(config_json)
+
+
+def _resolve_config(args, lock: list[RunLock]) -> tuple[Config, Path, Resumable | dict | None]:
+    """The run's config, its directory and what --resume continues: a verified checkpoint (Resumable)
+    or, for a run stopped before its first checkpoint, its config.json (a dict); None for a new run.
+    The run directory of --resume is locked first, except in a dry run (which only reads). ConfigError
+    (one line) for any value or combination that cannot work; nothing on disk changes here."""
     if args.resume is not None:
-        run_dir = Path(args.resume)
         given = [name for name, value in (("--game", args.game), ("--preset", args.preset), ("--seed", args.seed),
                                           ("--out", args.out)) if value is not None]
         if given or args.overrides:
             what = "/".join(given + (["overrides"] if args.overrides else []))
             raise ConfigError(f"--resume continues a run with its saved config and in its directory; drop {what} "
                               "(or start a new run with --out)")
-        if run_dir.is_file():
-            raise ConfigError(f"--resume {run_dir} is a file; give the run directory (the one holding checkpoints/)")
-        resume = load_checkpoint(run_dir)
+        path = Path(args.resume)
+        run_dir = run_directory_of(path) or path
+        if run_dir.is_dir() and not args.dry_run:  # before anything is read: a run still writing is not resumed
+            lock.append(RunLock(run_dir).acquire())
+        run_dir, chosen = resume_point(path)
+        if isinstance(chosen, Resumable):
+            if chosen.skipped_message():
+                print(f"warning: {chosen.skipped_message()}", file=sys.stderr)
+            saved, source = chosen.payload["config"], chosen.payload["path"]
+        else:
+            saved, source = chosen, run_dir / "config.json"
         try:
-            config = Config.from_dict(resume["config"])
+            config = Config.from_dict(saved)
         except ConfigError as exc:
-            raise ConfigError(f"{resume['path']}: {exc}") from None
+            raise ConfigError(f"{source}: {exc}") from None
         if args.device is not None:
             config.device = args.device
         if args.threads is not None:
             config.threads = args.threads
-        done = resume["counters"]["env_steps"]
-        if args.stop_after is not None and args.stop_after <= done:
-            raise ConfigError(f"--stop-after {args.stop_after}: the run is already at env step {done:,}; "
-                              f"give a later step (up to env_steps={config.env_steps:,})")
-        return config, run_dir, resume
+        return config, run_dir, chosen
     overrides = list(args.overrides)
     for item in overrides:
         name = item.split("=", 1)[0].strip()
@@ -580,10 +697,19 @@ def _resolve_config(args) -> tuple[Config, Path, dict | None]:
     return config, run_dir, None
 
 
-def _main(args) -> int:
-    config, run_dir, resume = _resolve_config(args)
-    # Everything that can refuse the run does so before a run directory exists.
-    base = check_output_dir(run_dir, "--out" if resume is None else "--resume", new=resume is None)
+def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
+    config, run_dir, chosen = _resolve_config(args, lock)
+    resume = chosen.payload if isinstance(chosen, Resumable) else None
+    if resume is not None:
+        if resume["counters"]["phase"] == "done" and (run_dir / "scores.json").is_file():
+            print(f"run {run_dir} is already finished: {run_dir}/scores.json", file=sys.stderr)
+            return 0
+        done = resume["counters"]["env_steps"]
+        if args.stop_after is not None and args.stop_after <= done:
+            raise ConfigError(f"--stop-after {args.stop_after}: the run is already at env step {done:,}; "
+                              f"give a later step (up to env_steps={config.env_steps:,})")
+    # Everything that can refuse the run does so before a run directory exists or changes.
+    base = check_output_dir(run_dir, "--out" if chosen is None else "--resume", new=chosen is None)
     device = resolve_device(config.device)
     config.matmul_precision = resolve_matmul_precision(config.matmul_precision, device)
     apply_matmul_precision(config.matmul_precision)
@@ -601,36 +727,70 @@ def _main(args) -> int:
     space = run_space(config, model_parameters(config))
     check_space(run_dir, base, space, config.replay_capacity)
     if args.dry_run:
-        print_dry_run(config, run_dir, device, why, machine, hours, space, base, resume)
+        print_dry_run(config, run_dir, device, why, machine, hours, space, base, chosen)
         return 0
-    if resume is None:
+    if chosen is None:
         created = not run_dir.exists()  # else it is empty (check_output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        lock.append(RunLock(run_dir).acquire())
+        text = json.dumps(config.to_dict(), indent=2).encode()
+        atomic_write(run_dir / "config.json", lambda f: f.write(text))  # a kill never leaves half of it
+    else:
+        store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+        if resume is not None:
+            discarded = store.discard(store.newer_than(resume["manifest"]["name"]), after=describe(resume))
+        else:  # stopped before its first checkpoint: nothing to continue, the run starts again
+            print(f"{run_dir} holds no complete checkpoint (the run stopped before its first one): "
+                  "starting it again from its config.json", file=sys.stderr)
+            discarded = store.discard(store.names(), after=None)
+        if discarded:
+            print(discarded, file=sys.stderr)
     print(f"twm-fast: {config.game}, device {device}, {config.threads} thread(s) ({why}), run directory {run_dir}"
-          + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']})"
-             if resume else ""), file=sys.stderr)
+          + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']}, from "
+             f"{resume['manifest']['name']})" if resume else ""), file=sys.stderr)
+    signals.defer()  # from here a stop waits for a step boundary and saves a checkpoint there
     try:
         trainer = Trainer(config, run_dir, device, resume=resume, live=False if args.no_progress else None,
-                          heartbeat_s=args.heartbeat, stop_after=args.stop_after, machine=machine)
+                          heartbeat_s=args.heartbeat, stop_after=args.stop_after, machine=machine, signals=signals)
     except BaseException:
-        if resume is None:  # a start that failed leaves no run behind, so the same --out can be used again
+        if chosen is None:  # a new run whose start failed leaves nothing behind: the same --out works again
             remove_failed_start(run_dir, created)
         raise
-    # A scheduler's SIGTERM (preemption, time limit) saves a checkpoint like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    for warning in trainer.log.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return _train(trainer, signals)
+
+
+def _train(trainer: Trainer, signals: StopSignals) -> int:
+    """Run, and end every way a run can end with one line and its exit code: done (0), --stop-after
+    (0, a checkpoint), a stop signal (130, a checkpoint at the step boundary), a second signal
+    (130, no new checkpoint), a full disk or failed numerics (1, the last good checkpoint intact)."""
+    run_dir = trainer.run_dir
+    again = f"continue with: python -m twm_fast.train --resume {run_dir}"
     try:
-        trainer.run()
-    except StopRun:
-        path = trainer.checkpoint()
-        print(f"stopped after {trainer.counters['env_steps']} env steps: saved {path}; continue with: "
-              f"python -m twm_fast.train --resume {run_dir}", file=sys.stderr)
-        return 0
-    except KeyboardInterrupt:
-        path = trainer.checkpoint()
-        print(f"\ninterrupted: saved {path}; continue with: python -m twm_fast.train --resume {run_dir}",
-              file=sys.stderr)
+        try:
+            trainer.run()
+        except StopRun:
+            path = trainer.checkpoint()
+            print(f"stopped after {trainer.counters['env_steps']} env steps: saved {path}; {again}", file=sys.stderr)
+            return 0
+        except StopRequested as stop:
+            path = trainer.checkpoint()
+            print(f"\ninterrupted: saved {path} (on {stop.signal_name}); {again}", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:  # a second signal, wherever it came
+        print(f"\ninterrupted again: stopped without saving; the last complete checkpoint is "
+              f"{trainer.last_checkpoint()}; {again}", file=sys.stderr)
         return 130
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}; the run stopped. The last complete checkpoint, "
+              f"{trainer.last_checkpoint()}, is intact: free some space and {again}", file=sys.stderr)
+        return 1
     print(f"done: {run_dir}/scores.json", file=sys.stderr)
     return 0
 
@@ -646,11 +806,17 @@ def remove_failed_start(run_dir: Path, created: bool) -> None:
 
 
 def print_dry_run(config: Config, run_dir: Path, device: torch.device, why: str, machine: Machine, hours: float,
-                  space: RunSpace, base: Path, resume: dict | None) -> None:
+                  space: RunSpace, base: Path, chosen: Resumable | dict | None) -> None:
     """What --dry-run found: the run as it would start, its estimate and space, and the resolved config."""
     free_disk, free_memory = shutil.disk_usage(base).free, available_memory()
-    where = (f"resume {run_dir} at {resume['counters']['phase']}, env step {resume['counters']['env_steps']:,}"
-             if resume else f"write the run to {run_dir}")
+    if isinstance(chosen, Resumable):
+        counters = chosen.payload["counters"]
+        where = (f"resume {run_dir} at {counters['phase']}, env step {counters['env_steps']:,}, from "
+                 f"{chosen.payload['manifest']['name']}")
+    elif chosen is not None:
+        where = f"start {run_dir} again from its config.json (it holds no complete checkpoint)"
+    else:
+        where = f"write the run to {run_dir}"
     lines = [
         "dry run: every check passed and nothing was created. The run would:",
         f"  train on {config.game} on device {device} with {config.threads} thread(s) ({why}), "
@@ -659,7 +825,7 @@ def print_dry_run(config: Config, run_dir: Path, device: torch.device, why: str,
         f"  take {describe_hours(hours)} on {machine.name} (the estimate of twm_fast/estimate.py, evaluations "
         f"left out; {config.num_train_steps:,} training steps)",
         f"  need {describe_bytes(space.disk)} on disk, of {describe_bytes(free_disk)} free in {base}: up to "
-        f"{CHECKPOINTS_ON_DISK} checkpoints of {describe_bytes(space.replay_file + space.model_file)} (the replay "
+        f"{space.checkpoints} checkpoints of {describe_bytes(space.replay_file + space.model_file)} (the replay "
         f"{describe_bytes(space.replay_file)} at its capacity of {config.replay_capacity:,} steps, the model "
         f"{describe_bytes(space.model_file)}) and the logs",
         f"  hold the replay in memory: {describe_bytes(space.replay_memory)}"

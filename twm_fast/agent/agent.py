@@ -116,9 +116,11 @@ class Agent(nn.Module):
                 z_all, batch["actions"], batch["rewards"], batch["terminated"], batch["truncated"], target_logits)
             # predicted_probs are detached values: the same before or after the dynamics step.
             consistency = om.consistency_loss(log_probs, predicted_probs.flatten(0, 1))
-        metrics["dyn/grad_norm"] = optimizer_step(self.dyn_optimizer, dyn_loss, c.dyn_grad_clip)
+        metrics["dyn/grad_norm"], metrics["dyn/skipped"] = optimizer_step(self.dyn_optimizer, dyn_loss,
+                                                                          c.dyn_grad_clip)
         obs_loss = obs_loss + consistency
-        metrics["obs/grad_norm"] = optimizer_step(self.obs_optimizer, obs_loss, c.obs_grad_clip)
+        metrics["obs/grad_norm"], metrics["obs/skipped"] = optimizer_step(self.obs_optimizer, obs_loss,
+                                                                          c.obs_grad_clip)
         metrics.update({
             "obs/loss": obs_loss.detach(), "obs/consistency": consistency.detach(),
             "obs/entropy": entropy.detach().sum(-1).mean(),
@@ -176,9 +178,14 @@ class Agent(nn.Module):
         z, metrics = self.update_world_model(batch)
         start = self.imagination_starts(z, batch, self.config.imagine_batch_size)
         rollout = self.imagine(start, self.restart_latents(restart_obs))
+        # Once per step, on the device: a non-finite imagined reward, discount or weight (a diverging
+        # world model) skips the actor-critic's steps instead of training on it.
+        finite = (torch.isfinite(rollout.rewards).all() & torch.isfinite(rollout.discounts).all()
+                  & torch.isfinite(rollout.weights).all())
         self.actor_critic.train()
         metrics.update(self.actor_critic.update(rollout.z, rollout.actions, rollout.rewards, rollout.discounts,
-                                                rollout.resets, rollout.weights))
+                                                rollout.resets, rollout.weights, valid=finite))
+        metrics["imagine/nonfinite"] = (~finite).float()
         metrics["imagine/reward"] = rollout.rewards.mean()
         metrics["imagine/discount"] = rollout.discounts.mean()
         return metrics
@@ -190,15 +197,16 @@ class Agent(nn.Module):
         with self.world_model_autocast():
             z, _, _, entropy = om.sample(om.encode(obs).float(), "straight_through")
             loss = om.decoder_loss(om.decode(z).float(), obs) + om.entropy_loss(entropy)
-        optimizer_step(self.obs_optimizer, loss, self.config.obs_grad_clip)
-        return {"obs/loss": loss.detach(), "obs/entropy": entropy.detach().sum(-1).mean()}
+        _, skipped = optimizer_step(self.obs_optimizer, loss, self.config.obs_grad_clip)
+        return {"obs/loss": loss.detach(), "obs/entropy": entropy.detach().sum(-1).mean(), "obs/skipped": skipped}
 
     def pretrain_dynamics(self, z, actions, rewards, terminated, truncated, target_logits) -> dict:
         """One dynamics update on frozen encodings; arguments as `_dynamics_loss`."""
         self.dynamics.train()
         with self.world_model_autocast():
             loss, metrics, _ = self._dynamics_loss(z, actions, rewards, terminated, truncated, target_logits)
-        metrics["dyn/grad_norm"] = optimizer_step(self.dyn_optimizer, loss, self.config.dyn_grad_clip)
+        metrics["dyn/grad_norm"], metrics["dyn/skipped"] = optimizer_step(self.dyn_optimizer, loss,
+                                                                          self.config.dyn_grad_clip)
         return metrics
 
     def pretrain_actor_critic(self, z, rewards, terminated, truncated) -> dict:

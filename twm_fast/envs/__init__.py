@@ -41,6 +41,8 @@ class Game(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: games that can be saved (Catch) also have state_dict() -> dict and load_state_dict(dict).
+
 
 class AgentEnv:
     """What the agent sees of a ``Game``: a frame stack, episodic lives and a time limit (SPEC 1).
@@ -104,6 +106,20 @@ class AgentEnv:
         self._stack[:-1] = self._stack[1:]
         self._stack[-1] = frame
         return self._stack.copy(), reward, terminated, truncated, info
+
+    def state_dict(self) -> dict | None:
+        """The env's whole state (the game's, the frame stack, the time-limit count), or None when the
+        game cannot be saved (Atari: the emulator; README, Faithfulness)."""
+        if not hasattr(self.game, "state_dict"):
+            return None
+        return {"game": self.game.state_dict(), "stack": None if self._stack is None else self._stack.copy(),
+                "steps": self._steps, "continue_game": self._continue_game, "first_seed": self._first_seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.game.load_state_dict(state["game"])
+        self._stack = None if state["stack"] is None else state["stack"].copy()
+        self._steps, self._continue_game = state["steps"], state["continue_game"]
+        self._first_seed = state["first_seed"]
 
     def close(self) -> None:
         self.game.close()

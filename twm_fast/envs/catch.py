@@ -54,6 +54,12 @@ class DiscreteActions:
     def sample(self) -> int:
         return int(self._rng.integers(self.n))
 
+    def state_dict(self) -> dict:
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+
 
 class CatchGame:
     """The game itself, one frame at a time; ``twm_fast.envs.AgentEnv`` adds frame stacking,
@@ -103,6 +109,18 @@ class CatchGame:
 
     def close(self) -> None:
         pass
+
+    def state_dict(self) -> dict:
+        """Everything the game's future depends on (a checkpoint holds it, so that Catch resumes exactly)."""
+        return {"rng": self._rng.bit_generator.state, "action_space": self.action_space.state_dict(),
+                "paddle": self._paddle, "ball_row": self._ball_row, "ball_col": self._ball_col,
+                "balls_left": self._balls_left, "ball_done": self._ball_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self.action_space.load_state_dict(state["action_space"])
+        self._paddle, self._ball_row, self._ball_col = state["paddle"], state["ball_row"], state["ball_col"]
+        self._balls_left, self._ball_done = state["balls_left"], state["ball_done"]
 
     def _spawn_ball(self) -> None:
         self._ball_row = 0

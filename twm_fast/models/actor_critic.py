@@ -50,17 +50,19 @@ class ActorCritic(nn.Module):
         advantages = ops.gae(rewards, stopped, values, self.config.gae_lambda)
         return values, advantages, advantages + values[:, :-1]
 
-    def update(self, z, actions, rewards, discounts, resets, weights) -> dict[str, torch.Tensor]:
+    def update(self, z, actions, rewards, discounts, resets, weights,
+               valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Critic step, then actor step, on imagined trajectories (SPEC 4).
 
         z (N, H+1, z_dim) (the last state only bootstraps); actions, rewards, discounts (N, H);
-        resets (N, H) bool; weights (N, H) cumulative predicted discounts."""
+        resets (N, H) bool; weights (N, H) cumulative predicted discounts. valid: a 0-dim bool
+        tensor; False skips both steps (twm_fast.models.nets.optimizer_step)."""
         c = self.config
         _, advantages, returns = self.targets(z, rewards, discounts, resets)
         z = z[:, :-1]
         values = self.value(z)
         critic_loss = -(weights * _normal_log_prob(values, returns)).mean()
-        critic_norm = optimizer_step(self.critic_optimizer, critic_loss, c.ac_grad_clip)
+        critic_norm, critic_skipped = optimizer_step(self.critic_optimizer, critic_loss, c.ac_grad_clip, valid)
 
         log_probs = torch.log_softmax(self.actor(z), dim=-1)                      # (N, H, A)
         action_log_prob = log_probs.gather(-1, actions[..., None]).squeeze(-1)
@@ -69,13 +71,14 @@ class ActorCritic(nn.Module):
         normalized_entropy = (weights * entropy).mean() / math.log(self.num_actions)
         # Eq. 5: the entropy penalty only acts when the policy is nearly deterministic.
         actor_loss = -reinforce + c.actor_entropy_coef * torch.relu(c.actor_entropy_threshold - normalized_entropy)
-        actor_norm = optimizer_step(self.actor_optimizer, actor_loss, c.ac_grad_clip)
+        actor_norm, actor_skipped = optimizer_step(self.actor_optimizer, actor_loss, c.ac_grad_clip, valid)
         return {
             "ac/critic_loss": critic_loss.detach(), "ac/actor_loss": actor_loss.detach(),
             "ac/value": values.detach().mean(), "ac/return": returns.mean(),
             "ac/advantage": advantages.mean(), "ac/entropy": normalized_entropy.detach(),
             "ac/critic_grad_norm": critic_norm, "ac/actor_grad_norm": actor_norm,
             "ac/resets": resets.float().sum(),
+            "ac/critic_skipped": critic_skipped, "ac/actor_skipped": actor_skipped,
         }
 
     def pretrain_update(self, z, rewards, discounts, dones) -> dict[str, torch.Tensor]:
@@ -90,11 +93,12 @@ class ActorCritic(nn.Module):
         log_probs = torch.log_softmax(self.actor(z), dim=-1)
         normalized_entropy = -(log_probs.exp() * log_probs).sum(-1).mean() / math.log(self.num_actions)
         actor_loss = -c.actor_entropy_coef * normalized_entropy
-        actor_norm = optimizer_step(self.actor_optimizer, actor_loss, c.ac_grad_clip)
-        critic_norm = optimizer_step(self.critic_optimizer, critic_loss, c.ac_grad_clip)
+        actor_norm, actor_skipped = optimizer_step(self.actor_optimizer, actor_loss, c.ac_grad_clip)
+        critic_norm, critic_skipped = optimizer_step(self.critic_optimizer, critic_loss, c.ac_grad_clip)
         return {"ac/critic_loss": critic_loss.detach(), "ac/actor_loss": actor_loss.detach(),
                 "ac/entropy": normalized_entropy.detach(), "ac/critic_grad_norm": critic_norm,
-                "ac/actor_grad_norm": actor_norm}
+                "ac/actor_grad_norm": actor_norm, "ac/critic_skipped": critic_skipped,
+                "ac/actor_skipped": actor_skipped}
 
 
 def _normal_log_prob(mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

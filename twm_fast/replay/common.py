@@ -17,9 +17,12 @@ import numbers
 import os
 import struct
 import zlib
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from twm_fast.durable import atomic_write
 
 FILE_MAGIC = b"TWMREPLAY\n"
 # 1: header JSON (scalars, array specs), raw C-order arrays, CRC32 of both.
@@ -273,21 +276,31 @@ def check_state(state: Any, config: dict[str, Any], rng_kind: str) -> None:
             )
 
 
-def write_state(path: str, state: dict[str, Any]) -> None:
-    """One file: magic, version, header length, JSON header, raw arrays, CRC32 of header + arrays."""
+def write_state(file: BinaryIO, state: dict[str, Any]) -> int:
+    """One file: magic, version, header length, JSON header, raw arrays, CRC32 of header + arrays.
+    Returns that CRC32 (the checkpoint's manifest records it: twm_fast.checkpoint)."""
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
     header = json.dumps(
         {"scalars": scalars, "arrays": [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]}
     ).encode()
-    with open(path, "wb") as f:
-        f.write(FILE_MAGIC + struct.pack("<IQ", FILE_VERSION, len(header)) + header)
-        crc = zlib.crc32(header)
-        for a in arrays.values():
-            data = a.reshape(-1).view(np.uint8)  # raw bytes, also for empty arrays
-            f.write(data)
-            crc = zlib.crc32(data, crc)
-        f.write(struct.pack("<I", crc))
+    file.write(FILE_MAGIC + struct.pack("<IQ", FILE_VERSION, len(header)) + header)
+    crc = zlib.crc32(header)
+    for a in arrays.values():
+        data = a.reshape(-1).view(np.uint8)  # raw bytes, also for empty arrays
+        file.write(data)
+        crc = zlib.crc32(data, crc)
+    file.write(struct.pack("<I", crc))
+    return crc
+
+
+def stored_crc32(path: str) -> int:
+    """The CRC32 a replay file ends with (read_state checks it against the whole content)."""
+    with open(path, "rb") as f:
+        if f.read(len(FILE_MAGIC)) != FILE_MAGIC:
+            raise ReplayFileError(f"{path}: not a twm-fast replay file (bad magic)")
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
 
 
 def read_state(path: str) -> dict[str, Any]:
@@ -358,9 +371,14 @@ class ReplayBase:
     def _describe_steps(self) -> str:
         return describe_steps(self.first_step, self.total_steps)
 
-    def save(self, path: str) -> None:
-        """Write the whole replay (contents, counters, RNG state) to one file at `path`."""
-        write_state(check_path(path, "save"), self.state_dict())
+    def save(self, path: str) -> int:
+        """Write the whole replay (contents, counters, RNG state) to one file at `path`, atomically
+        (a temporary file, fsynced and renamed). Returns the file's CRC32 (of header and arrays)."""
+        path = check_path(path, "save")
+        state = self.state_dict()
+        crc: list[int] = []
+        atomic_write(Path(path), lambda f: crc.append(write_state(f, state)))
+        return crc[0]
 
     @classmethod
     def load(cls, path: str):
