@@ -142,7 +142,7 @@ def test_bfloat16_imagination_predicts_as_float32_within_bfloat16_error():
 def test_config_rejects_an_unknown_imagination_dtype():
     import pytest
 
-    with pytest.raises(ValueError, match="imagine_dtype='float16' must be one of float32, bfloat16"):
+    with pytest.raises(ValueError, match="imagine_dtype='float16': must be one of float32, bfloat16"):
         tiny_config(imagine_dtype="float16")
 
 

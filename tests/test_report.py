@@ -95,7 +95,10 @@ def test_unwritable_out_is_refused_before_reading_runs(tmp_path, capsys):
     assert main([str(tmp_path / "no-such-runs"), "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
     assert main([str(tmp_path / "no-such-runs"), "--out", str(tmp_path / "file" / "sub")]) == 2
-    assert "cannot write the report" in capsys.readouterr().err
+    assert "is a file, so no directory can be made under it" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists() and main([str(tmp_path / "no-such-runs"), "--out",
+                                                          str(tmp_path / "report")]) == 2
+    assert not (tmp_path / "report").exists()  # a refused report makes no directory
 
 
 def test_eval_log_cut_short_is_read_up_to_the_damage(tmp_path, capsys):

@@ -3,7 +3,7 @@
 A checkpoint `<name>` in a run's `checkpoints/` directory is three files:
 
 - `<name>.replay`: the replay (contents, visit counts, its RNG), in the replay's own format, which
-  ends with a CRC32 of its content (twm_fast/replay/reference.py);
+  ends with a CRC32 of its content (twm_fast/replay/common.py);
 - `<name>.pt`: models, optimisers, counters, RNG states, the env's state where it has one, the
   config, and the replay file's name and CRC32 (so that the two belong together);
 - `<name>.json`: the manifest, written last: the commit point. It names both files with their sizes
@@ -148,7 +148,7 @@ def verify_checkpoint(directory: Path, name: str) -> dict[str, Any]:
     """The payload of checkpoint `name` after checking the model file against its manifest (size,
     CRC32) and that the replay file is the one it was saved with (size, the CRC32 it ends with).
     The replay's content is checked when it is read (`load_replay`). Raises CheckpointError."""
-    from twm_fast.replay.reference import ReplayFileError, stored_crc32
+    from twm_fast.replay.common import ReplayFileError, stored_crc32
 
     directory = Path(directory)
     manifest = read_manifest(directory, name)

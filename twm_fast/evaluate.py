@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from twm_fast.cli import Once, Parser, describe_error, path_text, refuse, ruled
+from twm_fast.config import EVAL_ENV_BACKENDS, field_rule
 from twm_fast.envs.vector import EvalEnvs, make_eval_envs
 from twm_fast.metrics import progress
+from twm_fast.preflight import check_output_dir, check_output_file
 
 # Seeds of the evaluation envs: seed + SEED_STRIDE * i for env i (a prime, so the envs of nearby
 # evaluation seeds do not coincide).
@@ -137,65 +139,55 @@ def load_agent(checkpoint: str, device: str = "auto"):
     return agent.to(device), config, payload
 
 
-def check_writable(path: Path) -> None:
-    """Raise ValueError now, before any work, if `path` cannot be written as a file."""
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name, e.g. {path / 'eval.json'}")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"cannot write --out {path}: {exc.strerror or exc}") from None
-    if not existed:
-        os.remove(path)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m twm_fast.evaluate",
-                                     description="Score a saved TWM agent with the evaluation protocol.")
-    parser.add_argument("checkpoint", help="a checkpoint .pt file or a run directory")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes (default 100)")
-    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--envs", type=int, default=None,
+    parser = Parser(prog="python -m twm_fast.evaluate",
+                    description="Score a saved TWM agent with the evaluation protocol.")
+    parser.add_argument("checkpoint", type=path_text, help="a checkpoint .pt file or a run directory")
+    parser.add_argument("--episodes", action=Once, type=ruled(field_rule("final_eval_episodes")), default=100,
+                        help="evaluation episodes (default 100)")
+    parser.add_argument("--seed", action=Once, type=ruled(field_rule("seed")), default=12345,
+                        help="seed of the evaluation envs")
+    parser.add_argument("--device", action=Once, type=ruled(field_rule("device")), default="auto",
+                        help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--envs", action=Once, type=ruled(field_rule("eval_envs")), default=None,
                         help="envs stepped at once (default: the run's eval_envs, 16)")
-    parser.add_argument("--env-backend", choices=("auto", "vector", "single"), default=None,
+    parser.add_argument("--env-backend", action=Once, choices=EVAL_ENV_BACKENDS, default=None,
                         help="vector: ale-py's AtariVectorEnv; single: one env at a time (default: the run's, auto)")
-    parser.add_argument("--out", default=None, help="also write the result as JSON to this file")
-    parser.add_argument("--video", default=None, metavar="DIR",
+    parser.add_argument("--out", action=Once, type=path_text, default=None,
+                        help="also write the result as JSON to this file")
+    parser.add_argument("--video", action=Once, type=path_text, default=None, metavar="DIR",
                         help="also write videos of a few evaluation episodes (real frames beside their "
                              "reconstruction) into DIR")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error("--episodes must be at least 1")
-    if args.envs is not None and args.envs < 1:
-        parser.error("--envs must be at least 1")
+    args = build_parser().parse_args(argv)
     try:
-        if args.out:
-            check_writable(Path(args.out))
+        # Where the results go is checked before any episode is played.
+        if args.out is not None:
+            check_output_file(Path(args.out), "--out")
+        if args.video is not None:
+            check_output_dir(Path(args.video), "--video", new=False)
         agent, config, payload = load_agent(args.checkpoint, args.device)
         if args.envs is not None:
             config.eval_envs = args.envs
         if args.env_backend is not None:
             config.eval_env_backend = args.env_backend
         result = evaluate(agent, config, args.episodes, args.seed, show_progress=True)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, ImportError) as exc:
+        return refuse(exc)
     result["checkpoint"] = str(payload["path"])
     result["game"] = config.game
     norm = result["human_normalized"]
     print(f"{config.game}: mean return {result['mean']:.2f} +- {result['std']:.2f} over {result['episodes']} "
           f"episodes" + (f", human-normalised {norm:.3f}" if norm is not None else ""))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        try:  # checked before playing; a disk that filled since is still one line (the result is printed above)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        except OSError as exc:
+            return refuse(f"cannot write --out {args.out}: {describe_error(exc)}")
     if args.video:
         from twm_fast.video import VIDEO_EPISODES, record_episodes
         paths = record_episodes(agent, config, Path(args.video), episodes=min(VIDEO_EPISODES, args.episodes),

@@ -16,7 +16,6 @@ run directory (`python -m twm_fast.train --out DIR`). The report, printed as Mar
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from twm_fast.cli import Once, Parser, path_text, refuse, ruled
+from twm_fast.config import field_rule
 from twm_fast.envs import canonical_game
 from twm_fast.envs.scores import (
     AGGREGATE_NAMES,
@@ -37,9 +38,13 @@ from twm_fast.envs.scores import (
     performance_profile,
     probability_of_improvement,
 )
+from twm_fast.preflight import check_output_dir
+from twm_fast.validation import Integer
 
 SWEEP_MANIFEST = "sweep.json"   # written by twm_fast.sweep: the games and seeds a sweep asked for
 PROFILE_TAUS = np.linspace(0.0, 2.0, 81)  # human-normalised thresholds of the performance profile
+# --reps: rliable's bootstrap holds (reps, runs, games) draws in memory; a million is minutes already.
+BOOTSTRAP_REPS = Integer(1, 1_000_000)
 
 
 @dataclass
@@ -318,6 +323,7 @@ def plot_learning_curves(s: Summary, path: Path) -> Path | None:
 
 def write_report(s: Summary, out: Path, reps: int, seed: int) -> Path:
     """REPORT_DIR/report.md with its figures beside it; returns the Markdown file."""
+    out.mkdir(parents=True, exist_ok=True)
     figures = []
     if s.ours is not None:
         figures.append(plot_aggregates(s, out / "aggregates.png").name)
@@ -330,36 +336,22 @@ def write_report(s: Summary, out: Path, reps: int, seed: int) -> Path:
     return path
 
 
-def check_output_dir(out: Path) -> None:
-    """Raise ValueError now, before reading any run, if `out` cannot take the report's files."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory for report.md and its figures")
-    probe = out / ".twm-fast-write-test"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write the report to --out {out}: {exc.strerror or exc}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m twm_fast.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep directories or run directories")
-    parser.add_argument("--out", default=None, metavar="REPORT_DIR",
+    parser = Parser(prog="python -m twm_fast.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=path_text, metavar="DIR", help="sweep directories or run directories")
+    parser.add_argument("--out", action=Once, type=path_text, default=None, metavar="REPORT_DIR",
                         help="write report.md and its PNG figures to this directory")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--reps", action=Once, type=ruled(BOOTSTRAP_REPS), default=2000,
+                        help="bootstrap replicates (default 2000)")
+    parser.add_argument("--seed", action=Once, type=ruled(field_rule("seed")), default=0,
+                        help="seed of the bootstrap")
     args = parser.parse_args(argv)
-    if args.reps < 1:
-        parser.error("--reps must be at least 1")
     try:
-        if args.out:
-            check_output_dir(Path(args.out))
+        if args.out is not None:
+            check_output_dir(Path(args.out), "--out", new=False)  # before reading any run
         summary = summarise(*find_runs(args.dirs), reps=args.reps, seed=args.seed)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as exc:
+        return refuse(exc)
     print(markdown(summary))
     if args.out:
         path = write_report(summary, Path(args.out), args.reps, args.seed)

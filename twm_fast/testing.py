@@ -23,7 +23,8 @@ def tiny_config(**overrides) -> Config:
                 dyn_num_layers=2, dyn_num_heads=2, dyn_head_dim=8, dyn_feedforward_dim=32, dyn_z_head_dims=(16,),
                 dyn_reward_head_dims=(8,), dyn_discount_head_dims=(8,), actor_hidden_dims=(16,),
                 critic_hidden_dims=(16,), memory_length=3, wm_batch_size=4, wm_sequence_length=4,
-                imagine_batch_size=8, imagine_horizon=5, prefill_steps=100, env_steps=200)
+                imagine_batch_size=8, imagine_horizon=5, prefill_steps=100, env_steps=200,
+                pretrain_budget=10_000)  # a few hundred updates per phase on 100 prefill steps, not millions
     base.update(overrides)
     return make_config("paper", **base)
 
@@ -114,7 +115,7 @@ def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, see
     from twm_fast.envs import make_env
     from twm_fast.replay import make_replay
 
-    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps)
+    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps - 1)  # a valid run's config
     env = make_env("catch", seed=seed, train=True, config=config)
     replay = make_replay(config.replay_backend, capacity=steps, temperature=config.replay_temperature, seed=seed)
     obs, _ = env.reset(seed=seed)

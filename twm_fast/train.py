@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ from twm_fast.checkpoint import (
     run_directory_of,
     set_rng_state,
 )
-from twm_fast.config import PRESETS, Config, make_config
+from twm_fast.cli import Once, Parser, path_text, printable, refuse, ruled
+from twm_fast.config import PRESETS, Config, field_rule, make_config
 from twm_fast.devices import resolve_device
 from twm_fast.durable import RunLock, atomic_write, disk_full_message, is_disk_full
 from twm_fast.envs import canonical_game, make_env
@@ -44,8 +46,18 @@ from twm_fast.interrupts import StopRequested, StopSignals
 from twm_fast.metrics import MetricsLog
 from twm_fast.nonfinite import NonFiniteGuard, RunFailed, nonfinite_modules
 from twm_fast.precision import apply_matmul_precision, resolve_matmul_precision
+from twm_fast.preflight import (
+    RunSpace,
+    available_memory,
+    check_output_dir,
+    check_space,
+    describe_bytes,
+    model_parameters,
+    run_space,
+)
 from twm_fast.progress import Phase, RunProgress
 from twm_fast.replay import make_replay
+from twm_fast.validation import ConfigError, Real, shown
 from twm_fast.visualize import save_eval_curve, save_imagined_rollouts, save_reconstructions
 
 PHASES = ("prefill", "pretrain_obs", "pretrain_dyn", "pretrain_ac", "main", "done")
@@ -174,7 +186,9 @@ class Trainer:
                          "last_log": 0, "final_eval": None}
         if resume is None:
             self.replay = make_replay(config.replay_backend, capacity=config.replay_capacity,
-                                      temperature=config.replay_temperature, seed=config.seed)
+                                      frame_shape=(config.frame_size, config.frame_size),
+                                      frame_stack=config.frame_stack, temperature=config.replay_temperature,
+                                      seed=config.seed)
             self.obs, _ = self.env.reset(seed=config.seed)
             self.replay.add_first(self.obs)
         else:
@@ -541,28 +555,42 @@ class _NoProgress:
 
 
 # ---- Command line ---------------------------------------------------------------------------------
+# Command-line options that set a config field; giving one and an override of its field is refused.
+FIELD_OPTIONS = {"game": "--game", "seed": "--seed", "device": "--device", "threads": "--threads"}
+# --heartbeat: more than nothing, at most a day.
+HEARTBEAT_SECONDS = Real(0, 86_400, open_lo=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m twm_fast.train",
         description="Train a TWM agent (Robine et al., ICLR 2023). Without options: the paper setting on Pong.",
         epilog="Overrides: any config field as name=value, e.g. imagine_batch_size=400 replay_temperature=inf. "
                "Presets: " + ", ".join(PRESETS))
-    p.add_argument("--game", default=None, help="Atari game (e.g. Pong, MsPacman) or 'catch' (built-in)")
-    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default paper)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--out", default=None, help="run directory (default runs/<game>-<preset>-s<seed>-<time>)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--game", action=Once, type=ruled(field_rule("game")), default=None,
+                   help="Atari game (e.g. Pong, MsPacman) or 'catch' (built-in)")
+    p.add_argument("--preset", action=Once, default=None, help=f"one of {', '.join(PRESETS)} (default paper)")
+    p.add_argument("--seed", action=Once, type=ruled(field_rule("seed")), default=None)
+    p.add_argument("--device", action=Once, type=ruled(field_rule("device")), default=None,
+                   help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", action=Once, type=path_text, default=None,
+                   help="run directory (default runs/<game>-<preset>-s<seed>-<time>)")
+    p.add_argument("--resume", action=Once, type=path_text, default=None, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint")
     p.add_argument("--allow-slow", action="store_true", help="run even when the estimate on this device is huge")
-    p.add_argument("--stop-after", type=int, default=None, metavar="ENV_STEPS",
+    p.add_argument("--stop-after", action=Once, type=ruled(field_rule("env_steps")), default=None,
+                   metavar="ENV_STEPS",
                    help="checkpoint and exit after this many env steps (e.g. to fit a job time limit); "
                         "continue with --resume")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", action=Once, type=ruled(field_rule("threads")), default=None, metavar="N",
                    help="torch CPU threads (default: chosen for the machine, see README; saved in config.json)")
     p.add_argument("--no-progress", action="store_true",
                    help="no live display: a heartbeat line every --heartbeat seconds, as when stderr is not a terminal")
-    p.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--heartbeat", action=Once, type=ruled(HEARTBEAT_SECONDS), default=60.0, metavar="SECONDS",
                    help="seconds between heartbeat lines without a live display (default 60)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything a run needs (config, device, run directory, disk space and memory), "
+                        "print the resolved config and the estimate, and exit without creating anything")
     p.add_argument("overrides", nargs="*", metavar="name=value", help="config overrides")
     return p
 
@@ -573,9 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     lock: list[RunLock] = []  # the run directory's, once it is known
     try:
         return _main(args, signals, lock)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, ImportError) as exc:  # OSError: e.g. a path too long for the file system
+        return refuse(exc)
     except (StopRequested, KeyboardInterrupt):
         print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
         return 130
@@ -617,58 +644,72 @@ def resume_point(path: Path) -> tuple[Path, Resumable | dict]:
     return run_dir, store.find(config_json)
 
 
-def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
-    resume = None
-    if args.resume:
-        if args.game or args.preset or args.overrides or args.seed is not None:
-            raise ValueError("--resume continues a run with its saved config; drop --game/--preset/--seed/"
-                             "overrides (or start a new run with --out)")
-        run_dir = run_directory_of(Path(args.resume)) or Path(args.resume)
-        if run_dir.is_dir():  # before anything is read: a run that is still writing must not be resumed
+def _resolve_config(args, lock: list[RunLock]) -> tuple[Config, Path, Resumable | dict | None]:
+    """The run's config, its directory and what --resume continues: a verified checkpoint (Resumable)
+    or, for a run stopped before its first checkpoint, its config.json (a dict); None for a new run.
+    The run directory of --resume is locked first, except in a dry run (which only reads). ConfigError
+    (one line) for any value or combination that cannot work; nothing on disk changes here."""
+    if args.resume is not None:
+        given = [name for name, value in (("--game", args.game), ("--preset", args.preset), ("--seed", args.seed),
+                                          ("--out", args.out)) if value is not None]
+        if given or args.overrides:
+            what = "/".join(given + (["overrides"] if args.overrides else []))
+            raise ConfigError(f"--resume continues a run with its saved config and in its directory; drop {what} "
+                              "(or start a new run with --out)")
+        path = Path(args.resume)
+        run_dir = run_directory_of(path) or path
+        if run_dir.is_dir() and not args.dry_run:  # before anything is read: a run still writing is not resumed
             lock.append(RunLock(run_dir).acquire())
-        run_dir, chosen = resume_point(Path(args.resume))
-        store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+        run_dir, chosen = resume_point(path)
         if isinstance(chosen, Resumable):
-            resume = chosen.payload
             if chosen.skipped_message():
                 print(f"warning: {chosen.skipped_message()}", file=sys.stderr)
-            discarded = store.discard(store.newer_than(resume["manifest"]["name"]), after=describe(resume))
-            config = Config.from_dict(resume["config"])
-        else:  # stopped before its first checkpoint: nothing to continue, the run starts again
-            print(f"{run_dir} holds no complete checkpoint (the run stopped before its first one): "
-                  "starting it again from its config.json", file=sys.stderr)
-            discarded = store.discard(store.names(), after=None)
-            config = Config.from_dict(chosen)
-        if discarded:
-            print(discarded, file=sys.stderr)
-        if resume is not None and resume["counters"]["phase"] == "done" and (run_dir / "scores.json").is_file():
-            print(f"run {run_dir} is already finished: {run_dir}/scores.json", file=sys.stderr)
-            return 0
-        if args.device:
+            saved, source = chosen.payload["config"], chosen.payload["path"]
+        else:
+            saved, source = chosen, run_dir / "config.json"
+        try:
+            config = Config.from_dict(saved)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if args.device is not None:
             config.device = args.device
         if args.threads is not None:
             config.threads = args.threads
-    else:
-        values = {}
-        if args.game:
-            values["game"] = canonical_game(args.game)
-        if args.seed is not None:
-            values["seed"] = args.seed
-        if args.device:
-            values["device"] = args.device
-        if args.threads is not None:
-            values["threads"] = args.threads
-        preset = args.preset or "paper"
-        config = make_config(preset, args.overrides, **values)
-        config.game = canonical_game(config.game)
-        run_dir = Path(args.out or f"runs/{config.game}-{preset}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            held = "a twm-fast run" if (run_dir / "config.json").exists() else "other files"
-            raise ValueError(f"output directory {run_dir} already holds {held}; pass --resume {run_dir} to "
-                             "continue it, or choose another --out")
-    if args.heartbeat <= 0:
-        raise ValueError(f"--heartbeat {args.heartbeat:g}: give the seconds between heartbeat lines, e.g. --heartbeat 60")
-    # Everything that can refuse the run does so before a run directory exists.
+        return config, run_dir, chosen
+    overrides = list(args.overrides)
+    for item in overrides:
+        name = item.split("=", 1)[0].strip()
+        option = FIELD_OPTIONS.get(name)
+        if option is not None and getattr(args, name) is not None:
+            raise ConfigError(f"{name} is given twice: {option} {shown(getattr(args, name))} and the override "
+                              f"{shown(item)}; give it once")
+    values = {}
+    if args.game is not None:
+        values["game"] = canonical_game(args.game)
+    for name in ("seed", "device", "threads"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    preset = args.preset if args.preset is not None else "paper"
+    config = make_config(preset, overrides, **values)
+    config.game = canonical_game(config.game)
+    run_dir = Path(args.out if args.out is not None else
+                   f"runs/{config.game}-{preset}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return config, run_dir, None
+
+
+def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
+    config, run_dir, chosen = _resolve_config(args, lock)
+    resume = chosen.payload if isinstance(chosen, Resumable) else None
+    if resume is not None:
+        if resume["counters"]["phase"] == "done" and (run_dir / "scores.json").is_file():
+            print(f"run {run_dir} is already finished: {run_dir}/scores.json", file=sys.stderr)
+            return 0
+        done = resume["counters"]["env_steps"]
+        if args.stop_after is not None and args.stop_after <= done:
+            raise ConfigError(f"--stop-after {args.stop_after}: the run is already at env step {done:,}; "
+                              f"give a later step (up to env_steps={config.env_steps:,})")
+    # Everything that can refuse the run does so before a run directory exists or changes.
+    base = check_output_dir(run_dir, "--out" if chosen is None else "--resume", new=chosen is None)
     device = resolve_device(config.device)
     config.matmul_precision = resolve_matmul_precision(config.matmul_precision, device)
     apply_matmul_precision(config.matmul_precision)
@@ -676,25 +717,45 @@ def _main(args, signals: StopSignals, lock: list[RunLock]) -> int:
     torch.set_num_threads(config.threads)
     check_installed(config, device)
     machine = Machine.probe(device)
-    if device.type == "cpu" and not args.allow_slow:
-        hours = run_hours(config, machine)
-        if hours > CPU_REFUSE_HOURS:
-            quick = run_hours(make_config("quick"), machine)
-            raise ValueError(
-                f"this configuration would take {describe_hours(hours)} on {machine.name} (no CUDA device found; "
-                f"the estimate of twm_fast/estimate.py). Try the CPU demo: python -m twm_fast.train --preset quick "
-                f"(built-in Catch, {describe_hours(quick)} here), run on a GPU, or pass --allow-slow to start anyway.")
-    if not args.resume:
+    hours = run_hours(config, machine)
+    if device.type == "cpu" and not args.allow_slow and hours > CPU_REFUSE_HOURS:
+        quick = run_hours(make_config("quick"), machine)
+        raise ValueError(
+            f"this configuration would take {describe_hours(hours)} on {machine.name} (no CUDA device found; "
+            f"the estimate of twm_fast/estimate.py). Try the CPU demo: python -m twm_fast.train --preset quick "
+            f"(built-in Catch, {describe_hours(quick)} here), run on a GPU, or pass --allow-slow to start anyway.")
+    space = run_space(config, model_parameters(config))
+    check_space(run_dir, base, space, config.replay_capacity)
+    if args.dry_run:
+        print_dry_run(config, run_dir, device, why, machine, hours, space, base, chosen)
+        return 0
+    if chosen is None:
+        created = not run_dir.exists()  # else it is empty (check_output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.append(RunLock(run_dir).acquire())
         text = json.dumps(config.to_dict(), indent=2).encode()
         atomic_write(run_dir / "config.json", lambda f: f.write(text))  # a kill never leaves half of it
+    else:
+        store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+        if resume is not None:
+            discarded = store.discard(store.newer_than(resume["manifest"]["name"]), after=describe(resume))
+        else:  # stopped before its first checkpoint: nothing to continue, the run starts again
+            print(f"{run_dir} holds no complete checkpoint (the run stopped before its first one): "
+                  "starting it again from its config.json", file=sys.stderr)
+            discarded = store.discard(store.names(), after=None)
+        if discarded:
+            print(discarded, file=sys.stderr)
     print(f"twm-fast: {config.game}, device {device}, {config.threads} thread(s) ({why}), run directory {run_dir}"
           + (f" (resuming at {resume['counters']['phase']}, env step {resume['counters']['env_steps']}, from "
              f"{resume['manifest']['name']})" if resume else ""), file=sys.stderr)
     signals.defer()  # from here a stop waits for a step boundary and saves a checkpoint there
-    trainer = Trainer(config, run_dir, device, resume=resume, live=False if args.no_progress else None,
-                      heartbeat_s=args.heartbeat, stop_after=args.stop_after, machine=machine, signals=signals)
+    try:
+        trainer = Trainer(config, run_dir, device, resume=resume, live=False if args.no_progress else None,
+                          heartbeat_s=args.heartbeat, stop_after=args.stop_after, machine=machine, signals=signals)
+    except BaseException:
+        if chosen is None:  # a new run whose start failed leaves nothing behind: the same --out works again
+            remove_failed_start(run_dir, created)
+        raise
     for warning in trainer.log.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return _train(trainer, signals)
@@ -732,6 +793,47 @@ def _train(trainer: Trainer, signals: StopSignals) -> int:
         return 1
     print(f"done: {run_dir}/scores.json", file=sys.stderr)
     return 0
+
+
+def remove_failed_start(run_dir: Path, created: bool) -> None:
+    """Undo a new run's start that failed before it began (nothing to resume there): the directory if
+    this start made it, else what it wrote into the empty directory it was given."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for path in run_dir.iterdir():
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def print_dry_run(config: Config, run_dir: Path, device: torch.device, why: str, machine: Machine, hours: float,
+                  space: RunSpace, base: Path, chosen: Resumable | dict | None) -> None:
+    """What --dry-run found: the run as it would start, its estimate and space, and the resolved config."""
+    free_disk, free_memory = shutil.disk_usage(base).free, available_memory()
+    if isinstance(chosen, Resumable):
+        counters = chosen.payload["counters"]
+        where = (f"resume {run_dir} at {counters['phase']}, env step {counters['env_steps']:,}, from "
+                 f"{chosen.payload['manifest']['name']}")
+    elif chosen is not None:
+        where = f"start {run_dir} again from its config.json (it holds no complete checkpoint)"
+    else:
+        where = f"write the run to {run_dir}"
+    lines = [
+        "dry run: every check passed and nothing was created. The run would:",
+        f"  train on {config.game} on device {device} with {config.threads} thread(s) ({why}), "
+        f"matmul precision {config.matmul_precision}",
+        f"  {where}",
+        f"  take {describe_hours(hours)} on {machine.name} (the estimate of twm_fast/estimate.py, evaluations "
+        f"left out; {config.num_train_steps:,} training steps)",
+        f"  need {describe_bytes(space.disk)} on disk, of {describe_bytes(free_disk)} free in {base}: up to "
+        f"{space.checkpoints} checkpoints of {describe_bytes(space.replay_file + space.model_file)} (the replay "
+        f"{describe_bytes(space.replay_file)} at its capacity of {config.replay_capacity:,} steps, the model "
+        f"{describe_bytes(space.model_file)}) and the logs",
+        f"  hold the replay in memory: {describe_bytes(space.replay_memory)}"
+        + (f", of {describe_bytes(free_memory)} available" if free_memory is not None else ""),
+        "resolved config (config.json):",
+        "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in config.to_dict().items()) + "\n}",
+    ]
+    print(printable("\n".join(lines)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Two backends with one API: `FastReplay` (C++ core in csrc/, the default) and `Re
 from __future__ import annotations
 
 from twm_fast.install import install_command, install_problem
-from twm_fast.replay.reference import ReferenceReplay, ReplayFileError
+from twm_fast.replay.common import ReplayFileError
+from twm_fast.replay.reference import ReferenceReplay
 
 try:
     from twm_fast.replay.fast import FastReplay

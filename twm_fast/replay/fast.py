@@ -14,19 +14,27 @@ from typing import Any
 import numpy as np
 
 from twm_fast import _replay
-from twm_fast.replay.reference import (
-    _Checkpointing,
+from twm_fast.replay.common import (
+    ReplayBase,
+    check_batch,
     check_indices,
+    check_integer,
     check_obs,
     check_obs_out,
+    check_readable,
+    check_seed,
+    check_starts,
     check_state,
+    check_step,
+    check_stored,
     check_window_out,
+    start_range,
     state_sizes,
     window_arrays,
 )
 
 
-class FastReplay(_Checkpointing):
+class FastReplay(ReplayBase):
     """Ring buffer of single frames + balanced sampler (Eq. 6), in C++. Args as `ReferenceReplay`."""
 
     rng_kind = "xoshiro256**"
@@ -40,9 +48,8 @@ class FastReplay(_Checkpointing):
         seed: int = 0,
     ):
         self._set_config(capacity, frame_shape, frame_stack, temperature)
-        # The C++ seed is 64-bit; Python seeds of any size fold into it.
         self._core = _replay.ReplayCore(
-            self.capacity, self.frame_stack, *self.frame_shape, self.temperature, int(seed) & (2**64 - 1)
+            self.capacity, self.frame_stack, *self.frame_shape, self.temperature, check_seed(seed)
         )
 
     @property
@@ -57,9 +64,8 @@ class FastReplay(_Checkpointing):
     def first_step(self) -> int:
         return self._core.first_step
 
-    def _check_length(self, length: int) -> None:
-        if length < 1:
-            raise ValueError(f"length must be >= 1, got {length}")
+    def _start_range(self, length: int) -> tuple[int, int]:
+        return start_range(self.first_step, self.total_steps, self._core.started, length)
 
     # ---- Appending --------------------------------------------------------------------------------
     def add_first(self, obs: np.ndarray) -> None:
@@ -70,8 +76,9 @@ class FastReplay(_Checkpointing):
         self, action: int, reward: float, terminated: bool, truncated: bool, next_obs: np.ndarray
     ) -> None:
         """Append step T (a_T, r_T already tanh'd, flags) and o_{T+1} = next_obs (reset obs if done)."""
+        action, reward, terminated, truncated = check_step(action, reward, terminated, truncated)
         next_obs = check_obs(next_obs, self.frame_stack, self.frame_shape, "next_obs")
-        self._core.add(int(action), float(reward), bool(terminated), bool(truncated), next_obs)
+        self._core.add(action, reward, terminated, truncated, next_obs)
 
     def restart_episode(self, obs: np.ndarray) -> None:
         """End the current episode here (the last step becomes truncated unless already done) and
@@ -85,8 +92,9 @@ class FastReplay(_Checkpointing):
         """obs (B, L+2, K, H, W) uint8 [o_{s-1}, o_s .. o_{s+L}]; actions (B, L+1) int64, rewards
         (B, L+1) float32, terminated / truncated (B, L+1) bool [steps s-1 .. s+L-1]; s == 0 pads
         the context (o_0, action 0, reward 0, flags of step 0). `out`: preallocated arrays."""
-        starts = check_indices(starts, "starts")
-        self._check_length(length)
+        starts = check_indices(starts, "read_windows(starts)")
+        length = check_integer(length, "length", 1)
+        check_starts(starts, *self._start_range(length), length, self._describe_steps(), "read_windows(starts)")
         if out is None:
             out = window_arrays(len(starts), length, self.frame_stack, self.frame_shape)
         else:
@@ -99,11 +107,13 @@ class FastReplay(_Checkpointing):
     def read_obs(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps].
         `out`: a preallocated array to write into."""
-        indices = check_indices(indices, "indices")
+        indices = check_indices(indices, "read_obs(indices)")
         if out is None:
+            check_readable(indices, self.first_step, self.total_steps, self._core.started, "read_obs(indices)")
             out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
         else:
             check_obs_out(out, len(indices), self.frame_stack, self.frame_shape)
+            check_readable(indices, self.first_step, self.total_steps, self._core.started, "read_obs(indices)")
         self._core.read_obs(indices, out)
         return out
 
@@ -111,35 +121,35 @@ class FastReplay(_Checkpointing):
     def sample_starts(self, batch_size: int, length: int, *, update_visits: bool = True) -> np.ndarray:
         """Balanced sampling (Eq. 6): (B,) int64 distinct valid starts, p_s = softmax(-v_s / tau),
         successively without replacement; then v_s += 1 for each (unless update_visits=False)."""
-        self._check_length(length)
-        if batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-        out = np.empty(int(batch_size), np.int64)
-        self._core.sample_starts(int(batch_size), length, out, bool(update_visits))
+        length = check_integer(length, "length", 1)
+        batch_size = check_batch(batch_size, *self._start_range(length), length, self._describe_steps())
+        out = np.empty(batch_size, np.int64)
+        self._core.sample_starts(batch_size, length, out, bool(update_visits))
         return out
 
     def uniform_starts(self, length: int) -> np.ndarray:
         """Every valid start with stride `length` from a random offset in [0, length), shuffled
         (published generate_uniform_indices); counters untouched."""
-        self._check_length(length)
-        return self._core.uniform_starts(length)
+        return self._core.uniform_starts(check_integer(length, "length", 1))
 
     def random_obs_indices(self, n: int) -> np.ndarray:
         """(n,) int64 uniform over the readable observations [first_step, total_steps]."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        out = np.empty(int(n), np.int64)
+        n = check_integer(n, "n")
+        if not self._core.started:
+            raise ValueError("no observations stored yet: call add_first() first")
+        out = np.empty(n, np.int64)
         self._core.random_obs_indices(int(n), out)
         return out
 
     def mark_visited(self, starts: np.ndarray) -> None:
         """v_s += 1 per occurrence of each stored step s (applies another sampler's draws)."""
-        self._core.mark_visited(check_indices(starts, "starts"))
+        starts = check_indices(starts, "mark_visited(starts)")
+        check_stored(starts, self.first_step, self.total_steps, "mark_visited(starts)")
+        self._core.mark_visited(starts)
 
     def visit_counts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, v) int64 over the valid starts for `length`."""
-        self._check_length(length)
-        return self._core.visit_counts(length)
+        return self._core.visit_counts(check_integer(length, "length", 1))
 
     # ---- State ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -25,253 +25,36 @@ bit for bit (reads, counters, state) and in distribution (draws).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import struct
-import zlib
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from twm_fast.durable import atomic_write
-
-# ---- Shared by both backends: argument checks and the checkpoint file -------------------------
-
-FILE_MAGIC = b"TWMREPLAY\n"
-# 1: header JSON (scalars, array specs), raw C-order arrays, CRC32 of both.
-FILE_VERSION = 1
-_STEP_ARRAYS = {
-    "actions": np.int64,
-    "rewards": np.float32,
-    "terminated": np.bool_,
-    "truncated": np.bool_,
-    "visits": np.int64,
-}
-_CONFIG_KEYS = ("capacity", "frame_shape", "frame_stack", "temperature")
-
-
-class ReplayFileError(ValueError):
-    """A replay file that is not ours, of another version, truncated or corrupted."""
-
-
-def check_config(capacity: int, frame_shape: tuple[int, int], frame_stack: int, temperature: float) -> None:
-    if int(capacity) != capacity or capacity <= 0:
-        raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
-    if len(frame_shape) != 2 or min(frame_shape) <= 0:
-        raise ValueError(f"frame_shape must be (height, width) with positive sizes, got {frame_shape!r}")
-    if int(frame_stack) != frame_stack or frame_stack <= 0:
-        raise ValueError(f"frame_stack must be a positive integer, got {frame_stack!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (math.inf for uniform sampling), got {temperature!r}")
-
-
-def check_obs(obs: Any, frame_stack: int, frame_shape: tuple[int, int], name: str = "obs") -> np.ndarray:
-    """obs as a C-contiguous uint8 array (K, H, W); a wrong dtype is an error, not a cast."""
-    obs = np.asarray(obs)
-    if obs.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8, got {obs.dtype}")
-    if obs.shape != (frame_stack, *frame_shape):
-        raise ValueError(f"{name} must have shape {(frame_stack, *frame_shape)}, got {obs.shape}")
-    return np.ascontiguousarray(obs)
-
-
-def check_indices(indices: Any, name: str) -> np.ndarray:
-    """A 1-D int64 array of indices (any integer dtype is accepted)."""
-    indices = np.asarray(indices)
-    if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
-        raise ValueError(
-            f"{name} must be a 1-D array of integers, got shape {indices.shape} dtype {indices.dtype}"
-        )
-    return np.ascontiguousarray(indices, dtype=np.int64)
-
-
-def window_arrays(
-    batch: int, length: int, frame_stack: int, frame_shape: tuple[int, int]
-) -> dict[str, np.ndarray]:
-    """Empty arrays for read_windows: obs (B, L+2, K, H, W) uint8, the others (B, L+1)."""
-    return {
-        "obs": np.empty((batch, length + 2, frame_stack, *frame_shape), np.uint8),
-        "actions": np.empty((batch, length + 1), np.int64),
-        "rewards": np.empty((batch, length + 1), np.float32),
-        "terminated": np.empty((batch, length + 1), np.bool_),
-        "truncated": np.empty((batch, length + 1), np.bool_),
-    }
-
-
-def check_window_out(
-    out: dict[str, np.ndarray], batch: int, length: int, frame_stack: int, frame_shape: tuple[int, int]
-) -> None:
-    for key, want in window_arrays(0, length, frame_stack, frame_shape).items():
-        have = out.get(key)
-        shape = (batch, *want.shape[1:])
-        if (
-            not isinstance(have, np.ndarray)
-            or have.dtype != want.dtype
-            or have.shape != shape
-            or not have.flags.c_contiguous
-            or not have.flags.writeable
-        ):
-            raise ValueError(
-                f"out[{key!r}] must be a writeable C-contiguous {want.dtype} array of shape {shape}"
-            )
-
-
-def check_obs_out(out: np.ndarray, n: int, frame_stack: int, frame_shape: tuple[int, int]) -> None:
-    shape = (n, frame_stack, *frame_shape)
-    if (
-        not isinstance(out, np.ndarray)
-        or out.dtype != np.uint8
-        or out.shape != shape
-        or not out.flags.c_contiguous
-        or not out.flags.writeable
-    ):
-        raise ValueError(f"out must be a writeable C-contiguous uint8 array of shape {shape}")
-
-
-def state_sizes(total_steps: int, started: bool, capacity: int, frame_stack: int) -> tuple[int, int]:
-    """(num_obs, num_steps) of a state dict: frames of obs [max(0, F-K+1), T], steps [F, T-1]."""
-    num_steps = min(total_steps, capacity)
-    first_obs = max(0, total_steps - num_steps - frame_stack + 1)
-    return (total_steps - first_obs + 1 if started else 0), num_steps
-
-
-def check_state(state: dict[str, Any], config: dict[str, Any], rng_kind: str) -> None:
-    """Config, RNG kind and array shapes of a state dict against the replay loading it."""
-    missing = {*_CONFIG_KEYS, "total_steps", "started", "rng_kind", "rng_state"} - state.keys()
-    if missing:
-        raise ValueError(f"not a replay state dict: missing {sorted(missing)}")
-    for key in _CONFIG_KEYS:
-        if state.get(key) != config[key]:
-            raise ValueError(f"state dict has {key}={state.get(key)!r}, this replay has {config[key]!r}")
-    if state.get("rng_kind") != rng_kind:
-        raise ValueError(
-            f"state dict holds a {state.get('rng_kind')!r} RNG state, this backend uses {rng_kind!r}; "
-            "load it with the backend that saved it"
-        )
-    num_obs, num_steps = state_sizes(
-        state["total_steps"], state["started"], config["capacity"], config["frame_stack"]
-    )
-    want = {
-        "frames": (np.uint8, (num_obs, *config["frame_shape"])),
-        "is_reset": (np.bool_, (num_obs,)),
-        **{key: (dtype, (num_steps,)) for key, dtype in _STEP_ARRAYS.items()},
-    }
-    for key, (dtype, shape) in want.items():
-        have = state.get(key)
-        if not isinstance(have, np.ndarray) or have.dtype != dtype or have.shape != shape:
-            raise ValueError(
-                f"state dict entry {key!r} must be a {np.dtype(dtype)} array of shape {shape} "
-                f"for total_steps={state['total_steps']}"
-            )
-
-
-def write_state(file: BinaryIO, state: dict[str, Any]) -> int:
-    """One file: magic, version, header length, JSON header, raw arrays, CRC32 of header + arrays.
-    Returns that CRC32 (the checkpoint's manifest records it: twm_fast.checkpoint)."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
-    scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-    header = json.dumps(
-        {"scalars": scalars, "arrays": [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]}
-    ).encode()
-    file.write(FILE_MAGIC + struct.pack("<IQ", FILE_VERSION, len(header)) + header)
-    crc = zlib.crc32(header)
-    for a in arrays.values():
-        data = a.reshape(-1).view(np.uint8)  # raw bytes, also for empty arrays
-        file.write(data)
-        crc = zlib.crc32(data, crc)
-    file.write(struct.pack("<I", crc))
-    return crc
-
-
-def stored_crc32(path: str) -> int:
-    """The CRC32 a replay file ends with (read_state checks it against the whole content)."""
-    with open(path, "rb") as f:
-        if f.read(len(FILE_MAGIC)) != FILE_MAGIC:
-            raise ReplayFileError(f"{path}: not a twm-fast replay file (bad magic)")
-        f.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", f.read(4))[0]
-
-
-def read_state(path: str) -> dict[str, Any]:
-    """Inverse of write_state; raises ReplayFileError naming `path` for any file it did not write whole."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if f.read(len(FILE_MAGIC)) != FILE_MAGIC:
-            raise ReplayFileError(f"{path}: not a twm-fast replay file (bad magic)")
-        prefix = f.read(12)
-        if len(prefix) < 12:
-            raise ReplayFileError(f"{path}: truncated replay file ({size} bytes)")
-        version, header_len = struct.unpack("<IQ", prefix)
-        if version != FILE_VERSION:
-            raise ReplayFileError(
-                f"{path}: replay file format version {version}, this code reads version {FILE_VERSION}"
-            )
-        header = f.read(header_len) if header_len <= size else b""
-        if len(header) != header_len:
-            raise ReplayFileError(
-                f"{path}: truncated replay file ({size} bytes, header of {header_len} bytes)"
-            )
-        try:
-            meta = json.loads(header)
-            specs = [(k, np.dtype(dtype), tuple(shape)) for k, dtype, shape in meta["arrays"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ReplayFileError(f"{path}: corrupted replay file header ({e})") from e
-        expected = len(FILE_MAGIC) + 12 + header_len + sum(d.itemsize * math.prod(s) for _, d, s in specs) + 4
-        if size != expected:
-            raise ReplayFileError(
-                f"{path}: {'truncated' if size < expected else 'oversized'} replay file "
-                f"({size} bytes, expected {expected})"
-            )
-        crc = zlib.crc32(header)
-        state: dict[str, Any] = dict(meta["scalars"])
-        for key, dtype, shape in specs:
-            a = np.empty(shape, dtype)
-            data = a.reshape(-1).view(np.uint8)
-            f.readinto(data)
-            crc = zlib.crc32(data, crc)
-            state[key] = a
-        (stored_crc,) = struct.unpack("<I", f.read(4))
-    if stored_crc != crc:
-        raise ReplayFileError(f"{path}: checksum mismatch, the replay file is corrupted")
-    state["frame_shape"] = tuple(state["frame_shape"])
-    return state
-
-
-class _Checkpointing:
-    """What both backends share: their validated configuration, and save(path) / Class.load(path)
-    through state_dict()."""
-
-    def _set_config(self, capacity, frame_shape, frame_stack, temperature) -> None:
-        frame_shape = tuple(int(x) for x in frame_shape)
-        check_config(capacity, frame_shape, frame_stack, temperature)
-        self.capacity = int(capacity)
-        self.frame_shape = frame_shape
-        self.frame_stack = int(frame_stack)
-        self.temperature = float(temperature)
-
-    def save(self, path: str) -> int:
-        """Write the whole replay (contents, counters, RNG state) to one file at `path`, atomically
-        (a temporary file, fsynced and renamed). Returns the file's CRC32 (of header and arrays)."""
-        state = self.state_dict()
-        crc: list[int] = []
-        atomic_write(Path(path), lambda f: crc.append(write_state(f, state)))
-        return crc[0]
-
-    @classmethod
-    def load(cls, path: str):
-        """A replay equal to the one saved at `path`; ReplayFileError for a truncated or foreign file."""
-        state = read_state(path)
-        replay = cls(**{key: state[key] for key in _CONFIG_KEYS})
-        replay.load_state_dict(state)
-        return replay
+from twm_fast.replay.common import (
+    CONFIG_KEYS,
+    ReplayBase,
+    check_batch,
+    check_indices,
+    check_integer,
+    check_obs,
+    check_obs_out,
+    check_readable,
+    check_seed,
+    check_starts,
+    check_state,
+    check_step,
+    check_stored,
+    check_window_out,
+    start_range,
+    state_sizes,
+    window_arrays,
+)
 
 
 # ---- The reference replay ------------------------------------------------------------------------
 
 
-class ReferenceReplay(_Checkpointing):
+class ReferenceReplay(ReplayBase):
     """Ring buffer of single frames + balanced sampler (Eq. 6), in numpy.
 
     Args:
@@ -293,10 +76,11 @@ class ReferenceReplay(_Checkpointing):
         seed: int = 0,
     ):
         self._set_config(capacity, frame_shape, frame_stack, temperature)
+        seed = check_seed(seed)
         self._obs_slots = self.capacity + self.frame_stack
         # The newest frame of obs j and its "came from reset" flag sit at slot j % (C + K);
         # step i sits at slot i % C.
-        self._frames = np.zeros((self._obs_slots, *frame_shape), np.uint8)
+        self._frames = np.zeros((self._obs_slots, *self.frame_shape), np.uint8)
         self._is_reset = np.zeros(self._obs_slots, np.bool_)
         self._actions = np.zeros(self.capacity, np.int64)
         self._rewards = np.zeros(self.capacity, np.float32)
@@ -317,16 +101,8 @@ class ReferenceReplay(_Checkpointing):
         return self.total_steps - self.num_steps
 
     def _start_range(self, length: int) -> tuple[int, int]:
-        """Valid window starts [lo, hi] (empty if hi < lo): steps s-1 .. s+L-1 and obs s+L stored."""
-        if length < 1:
-            raise ValueError(f"length must be >= 1, got {length}")
-        lo = 0 if self.first_step == 0 else self.first_step + 1  # s = 0 pads its context; else s-1 is read
-        hi = self.total_steps - length if self._started else -1
-        return lo, hi
-
-    def _describe_steps(self) -> str:
-        stored = f"[{self.first_step}, {self.total_steps - 1}]" if self.total_steps else "none"
-        return f"stored steps {stored}, total_steps {self.total_steps}"
+        """Valid window starts [lo, hi] (empty if hi < lo) for windows of `length` >= 1 steps."""
+        return start_range(self.first_step, self.total_steps, self._started, length)
 
     # ---- Appending --------------------------------------------------------------------------------
     def add_first(self, obs: np.ndarray) -> None:
@@ -343,6 +119,7 @@ class ReferenceReplay(_Checkpointing):
     ) -> None:
         """Append step T = total_steps (a_T, r_T already tanh'd, flags) and o_{T+1} = next_obs,
         the reset observation if the step was done."""
+        action, reward, terminated, truncated = check_step(action, reward, terminated, truncated)
         next_obs = check_obs(next_obs, self.frame_stack, self.frame_shape, "next_obs")
         if not self._started:
             raise ValueError("add() before add_first(): store the first reset observation first")
@@ -415,15 +192,10 @@ class ReferenceReplay(_Checkpointing):
             steps s-1 .. s+L-1. For s == 0 the context is padded as in the published code: obs o_0,
             action 0, reward 0, and the terminated/truncated of step 0.
         """
-        starts = check_indices(starts, "starts")
+        starts = check_indices(starts, "read_windows(starts)")
+        length = check_integer(length, "length", 1)
         lo, hi = self._start_range(length)
-        for s in starts:
-            if not lo <= s <= hi:
-                valid = f"[{lo}, {hi}]" if hi >= lo else "none"
-                raise ValueError(
-                    f"start {s} is not a valid window start for length {length}: valid starts are "
-                    f"{valid} ({self._describe_steps()})"
-                )
+        check_starts(starts, lo, hi, length, self._describe_steps(), "read_windows(starts)")
         if out is None:
             out = window_arrays(len(starts), length, self.frame_stack, self.frame_shape)
         else:
@@ -443,16 +215,10 @@ class ReferenceReplay(_Checkpointing):
     def read_obs(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, K, H, W) uint8 stacks of the observations at `indices` in [first_step, total_steps].
         `out`: a preallocated array to write into."""
-        indices = check_indices(indices, "indices")
+        indices = check_indices(indices, "read_obs(indices)")
         if out is not None:
             check_obs_out(out, len(indices), self.frame_stack, self.frame_shape)
-        for j in indices:
-            if not self._started or not self.first_step <= j <= self.total_steps:
-                readable = f"[{self.first_step}, {self.total_steps}]" if self._started else "none"
-                raise ValueError(
-                    f"observation {j} is not stored: readable observations are {readable} "
-                    f"({self._describe_steps()})"
-                )
+        check_readable(indices, self.first_step, self.total_steps, self._started, "read_obs(indices)")
         if out is None:
             out = np.empty((len(indices), self.frame_stack, *self.frame_shape), np.uint8)
         for n, j in enumerate(indices):
@@ -464,15 +230,10 @@ class ReferenceReplay(_Checkpointing):
         """Balanced sampling (Eq. 6): (B,) int64 distinct valid starts drawn with
         p_s = softmax(-v_s / tau) over the valid starts, successively without replacement; then
         v_s += 1 for each drawn start (unless update_visits=False: tests and diagnostics)."""
+        length = check_integer(length, "length", 1)
         lo, hi = self._start_range(length)
-        n = max(0, hi - lo + 1)
-        if batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-        if batch_size > n:
-            raise ValueError(
-                f"need at least {batch_size} valid window starts, have {n} "
-                f"(length {length}, {self._describe_steps()})"
-            )
+        batch_size = check_batch(batch_size, lo, hi, length, self._describe_steps())
+        n = hi - lo + 1
         if batch_size == 0:
             return np.empty(0, np.int64)
         slots = np.arange(lo, hi + 1) % self.capacity
@@ -490,28 +251,27 @@ class ReferenceReplay(_Checkpointing):
     def uniform_starts(self, length: int) -> np.ndarray:
         """Every valid start with stride `length` from a random offset in [0, length), shuffled
         (published generate_uniform_indices); counters untouched."""
+        length = check_integer(length, "length", 1)
         lo, hi = self._start_range(length)
         offset = int(self._rng.integers(length))
         return self._rng.permutation(np.arange(lo + offset, hi + 1, length, dtype=np.int64))
 
     def random_obs_indices(self, n: int) -> np.ndarray:
         """(n,) int64 uniform over the readable observations [first_step, total_steps]."""
+        n = check_integer(n, "n")
         if not self._started:
             raise ValueError("no observations stored yet: call add_first() first")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
         return self._rng.integers(self.first_step, self.total_steps + 1, size=n, dtype=np.int64)
 
     def mark_visited(self, starts: np.ndarray) -> None:
         """v_s += 1 per occurrence of each stored step s (applies another sampler's draws)."""
-        starts = check_indices(starts, "starts")
-        for s in starts:
-            if not self.first_step <= s < self.total_steps:
-                raise ValueError(f"step {s} is not stored: {self._describe_steps()}")
+        starts = check_indices(starts, "mark_visited(starts)")
+        check_stored(starts, self.first_step, self.total_steps, "mark_visited(starts)")
         np.add.at(self._visits, starts % self.capacity, 1)
 
     def visit_counts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, v) int64 over the valid starts for `length`."""
+        length = check_integer(length, "length", 1)
         lo, hi = self._start_range(length)
         starts = np.arange(lo, max(hi + 1, lo), dtype=np.int64)
         return starts, self._visits[starts % self.capacity].copy()
@@ -553,7 +313,7 @@ class ReferenceReplay(_Checkpointing):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state_dict() of a replay with the same config and backend."""
-        check_state(state, {key: getattr(self, key) for key in _CONFIG_KEYS}, self.rng_kind)
+        check_state(state, {key: getattr(self, key) for key in CONFIG_KEYS}, self.rng_kind)
         total_steps, started = int(state["total_steps"]), bool(state["started"])
         num_obs, num_steps = state_sizes(total_steps, started, self.capacity, self.frame_stack)
         first_step = total_steps - num_steps
