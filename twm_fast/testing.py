@@ -103,10 +103,11 @@ def kernel_devices() -> list:
     ]
 
 
-def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, seed: int = 0):
+def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, seed: int = 0, **overrides):
     """Save `<directory>/final.pt` (and its replay): an agent with the quick preset's model on Catch after
-    `updates` training steps on `steps` steps of random play. Seconds on a CPU; the tests of the dream,
-    the play page and the evaluation videos load it as they would a real run's checkpoint."""
+    `updates` training steps on `steps` steps of random play (overrides: config fields). Seconds on a
+    CPU; the tests of the dream, the play page and the evaluation videos load it as they would a real
+    run's checkpoint."""
     import math
     from pathlib import Path
 
@@ -115,7 +116,8 @@ def tiny_catch_checkpoint(directory, *, steps: int = 200, updates: int = 10, see
     from twm_fast.envs import make_env
     from twm_fast.replay import make_replay
 
-    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps - 1)  # a valid run's config
+    config = make_config("quick", seed=seed, env_steps=steps, prefill_steps=steps - 1,  # a valid run's config
+                         **overrides)
     env = make_env("catch", seed=seed, train=True, config=config)
     replay = make_replay(config.replay_backend, capacity=steps, temperature=config.replay_temperature, seed=seed)
     obs, _ = env.reset(seed=seed)
