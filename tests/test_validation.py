@@ -83,6 +83,14 @@ def test_bad_values_are_refused_in_one_line(override, message):
     assert message in text and "\n" not in text, text
 
 
+def test_a_refusal_quotes_the_value_the_override_replaces():
+    """The preset's value, where it sets the field (quick: 7,000 env steps), else the field's default."""
+    with pytest.raises(ConfigError, match=r"\(default 7000\)"):
+        make_config("quick", ["env_steps=inf"])
+    with pytest.raises(ConfigError, match=r"\(default 100000\)"):
+        make_config("paper", ["env_steps=inf"])
+
+
 def test_a_pretraining_budget_beyond_a_million_updates_is_refused():
     """A budget the field rules accept may still ask for more pretraining updates than a start can lay
     out (twm_fast/agent/pretraining.py enumerates them); the estimate the rule uses is the schedule's."""

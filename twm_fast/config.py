@@ -396,5 +396,6 @@ def make_config(preset: str = "paper", overrides: dict[str, str] | list[str] | N
         if k in given:
             raise ConfigError(f"{k} is given twice ({shown(given[k])} and {shown(v)}); give it once")
         given[k] = v
-        setattr(cfg, k, parse_field(known[k], v, f"invalid config: {k}") if isinstance(v, str) else v)
+        # A refusal quotes the value the override replaces: the preset's, where it sets one.
+        setattr(cfg, k, parse_field(known[k], v, f"invalid config: {k}", getattr(cfg, k)) if isinstance(v, str) else v)
     return cfg.validate()

@@ -246,13 +246,15 @@ def check_field(field: dataclasses.Field, value: Any, label: str | None = None) 
         raise rule.refusal(label or field.name, value, _reason(exc), field.default) from None
 
 
-def parse_field(field: dataclasses.Field, text: str, label: str | None = None) -> Any:
-    """The value an override's text stands for under the field's rule; ConfigError if refused."""
+def parse_field(field: dataclasses.Field, text: str, label: str | None = None, default: Any = None) -> Any:
+    """The value an override's text stands for under the field's rule; ConfigError if refused, quoting
+    `default` (the value the override would replace, e.g. the preset's; else the field's default)."""
     rule = rule_of(field)
     try:
         return rule.parse(text)
     except ValueError as exc:
-        raise rule.refusal(label or field.name, text, _reason(exc), field.default) from None
+        raise rule.refusal(label or field.name, text, _reason(exc),
+                           field.default if default is None else default) from None
 
 
 def _reason(exc: ValueError) -> str | None:
