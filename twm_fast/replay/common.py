@@ -196,30 +196,23 @@ def check_window_out(
     if not isinstance(out, dict):
         raise ValueError(f"read_windows(out) must be a dict of arrays, got {type(out).__name__}")
     for key, want in window_arrays(0, length, frame_stack, frame_shape).items():
-        have = out.get(key)
-        shape = (batch, *want.shape[1:])
-        if (
-            not isinstance(have, np.ndarray)
-            or have.dtype != want.dtype
-            or have.shape != shape
-            or not have.flags.c_contiguous
-            or not have.flags.writeable
-        ):
-            raise ValueError(
-                f"out[{key!r}] must be a writeable C-contiguous {want.dtype} array of shape {shape}"
-            )
+        _check_out_array(out.get(key), want.dtype, (batch, *want.shape[1:]), f"out[{key!r}]")
 
 
 def check_obs_out(out: Any, n: int, frame_stack: int, frame_shape: tuple[int, int]) -> None:
-    shape = (n, frame_stack, *frame_shape)
+    _check_out_array(out, np.dtype(np.uint8), (n, frame_stack, *frame_shape), "out")
+
+
+def _check_out_array(have: Any, dtype: np.dtype, shape: tuple[int, ...], name: str) -> None:
+    """An `out` array the core writes into: the dtype and shape it fills, C-contiguous, writeable."""
     if (
-        not isinstance(out, np.ndarray)
-        or out.dtype != np.uint8
-        or out.shape != shape
-        or not out.flags.c_contiguous
-        or not out.flags.writeable
+        not isinstance(have, np.ndarray)
+        or have.dtype != dtype
+        or have.shape != shape
+        or not have.flags.c_contiguous
+        or not have.flags.writeable
     ):
-        raise ValueError(f"out must be a writeable C-contiguous uint8 array of shape {shape}")
+        raise ValueError(f"{name} must be a writeable C-contiguous {dtype} array of shape {shape}")
 
 
 # ---- State and the replay file ----------------------------------------------------------------------
